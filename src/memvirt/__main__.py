@@ -1,0 +1,5 @@
+"""``python -m memvirt`` runs the ``memvirt`` command."""
+
+from memvirt.cli import main
+
+main()

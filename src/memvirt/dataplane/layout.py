@@ -1,0 +1,150 @@
+"""Where each field of the simulated machine lives in the data plane's arrays.
+
+The data plane keeps state as a struct of arrays, not one Python object per
+page: ``fi32[FIELD, pfn]`` and ``fi64[FIELD, pfn]`` for frames,
+``proc[pid, FIELD]`` for processes, ``pctr[pid, COUNTER]`` for per-process
+counters, ``st[FIELD]`` for scalars and ``cfg[FIELD]`` for the configuration.
+The numba kernels read these module-level integers as compile-time constants.
+
+A page-table entry (PTE) is an ``int64``: the frame number (or swap slot)
+in bits 12 and up, and flag bits below, as on x86-64 (Intel SDM vol. 3A,
+section 4.5): present, writable, user, accessed, dirty, huge (a leaf above
+the last level), and memvirt's own *swapped* bit for a page whose only copy
+is in a swap slot.
+"""
+
+from __future__ import annotations
+
+# --- PTE bits --------------------------------------------------------------
+PTE_PRESENT = 1
+PTE_WRITABLE = 2
+PTE_USER = 4
+PTE_ACCESSED = 8
+PTE_DIRTY = 16
+PTE_HUGE = 32
+PTE_SWAPPED = 64
+PTE_SHIFT = 12  # frame number or swap slot above the flag bits
+
+# --- frame fields: int32 -----------------------------------------------------
+F_OWNER = 0  # pid holding the frame, -1 when free
+F_PREV = 1  # replacement list links (frame numbers, -1 at the ends)
+F_NEXT = 2
+F_SLOT = 3  # swap slot holding a current copy of this page, -1 if none
+F_FLAGS = 4
+N_FI32 = 5
+
+# frame flag bits
+FR_REFERENCED = 1
+FR_DIRTY = 2
+FR_PINNED = 4
+FR_TABLE = 8  # the frame holds a page-table page
+FR_HUGE = 16  # part of a huge page (from the huge-page pool)
+
+# --- frame fields: int64 -----------------------------------------------------
+G_VPN = 0  # back-pointer: the vpn held, or the table index for a table frame
+G_TOKEN = 1  # content token of the page (a 64-bit pattern)
+G_NEXT_USE = 2  # for opt: index of this page's next access, or a large number
+N_FI64 = 3
+
+# --- process fields ----------------------------------------------------------
+P_ALIVE = 0
+P_ROOT = 1  # table index of the root table
+P_RESIDENT = 2  # data pages in frames (huge pages count each base page)
+P_SWAPPED = 3  # pages whose only copy is in swap
+P_TABLES = 4  # table pages
+P_QUOTA = 5  # frames the process may hold under local replacement
+P_REG_START = 6  # first row in the region array
+P_REG_COUNT = 7
+N_PROC = 8
+
+# region rows: start vpn, end vpn (exclusive), flags
+R_START = 0
+R_END = 1
+R_FLAGS = 2
+REG_WRITABLE = 1
+REG_HUGE = 2
+
+# replacement lists: one global list (row 0) or one per process (row pid + 1)
+L_HEAD = 0
+L_TAIL = 1
+L_SIZE = 2
+L_HAND = 3  # unused by the built-in policies; kept for future clock variants
+N_LIST = 4
+
+# --- per-process counters ------------------------------------------------------
+C_ACCESSES = 0
+C_READS = 1
+C_WRITES = 2
+C_TLB1_HITS = 3
+C_TLB1_MISSES = 4
+C_TLB2_HITS = 5
+C_TLB2_MISSES = 6
+C_WALKS = 7
+C_WALK_REFS = 8
+C_MINOR = 9
+C_MAJOR = 10
+C_EVICTIONS = 11  # this process's pages taken out of memory
+C_WRITEBACKS = 12  # dirty pages written to swap
+C_CLEAN_DROPS = 13  # clean pages dropped, their swap copy current
+C_ZERO_DROPS = 14  # never-written pages dropped (they read back as zeros)
+C_TABLE_ALLOCS = 15
+C_DIRTY_UPDATES = 16  # write hits on a clean TLB entry that set the PTE's dirty bit
+N_PCTR = 17
+
+# --- scalar state --------------------------------------------------------------
+S_FREE_TOP = 0  # entries on the free-frame stack
+S_SWAP_TOP = 1  # entries on the free-slot stack
+S_TABLE_NEXT = 2  # next never-used table index
+S_TABLE_FREE_TOP = 3  # entries on the free-table stack
+S_TOKEN = 4  # last content token handed out
+S_RNG = 5  # xorshift64* state
+S_TLB_CLOCK = 6  # LRU stamp for TLB entries
+S_HUGE_TOP = 7  # entries on the free huge-page stack
+S_FAULT_VPN = 8  # the vpn of the last stop (segfault, OOM, ...)
+S_FAULT_KIND = 9  # why a segfault happened: 1 no region, 2 write to read-only
+S_OOM_KILLS = 10
+S_LAST_ASID = 11  # address space last run, for flush-on-switch
+S_TLB_FLUSHES = 12
+N_STATE = 13
+
+# --- configuration ---------------------------------------------------------------
+K_LEVELS = 0
+K_OFFSET_BITS = 1
+K_POLICY = 2
+K_LOCAL = 3  # 1 for local (per-process) replacement
+K_TLB_LEVELS = 4  # 0, 1 or 2
+K_TLB1_SETS = 5
+K_TLB1_WAYS = 6
+K_TLB2_SETS = 7
+K_TLB2_WAYS = 8
+K_FLUSH_ON_SWITCH = 9
+K_HUGE_SHIFT = 10  # vpn bits below a huge leaf (9 on x86-64)
+K_HAS_HUGE = 11
+N_CFG = 12
+
+# policy codes
+POLICY_FIFO = 0
+POLICY_LRU = 1
+POLICY_CLOCK = 2
+POLICY_RANDOM = 3
+POLICY_OPT = 4
+
+# why a batch stopped
+STOP_DONE = 0
+STOP_SEGFAULT = 1
+STOP_OOM = 2  # a frame or swap slot is needed and none can be had
+STOP_NEED_TABLES = 3  # the table-page pool must grow (control plane)
+STOP_SIGBUS = 4  # the huge-page pool is exhausted
+
+SEGV_NO_REGION = 1
+SEGV_READ_ONLY = 2
+
+# TLB entry value: frame number above three bits
+TV_DIRTY = 1
+TV_WRITABLE = 2
+TV_HUGE = 4
+TV_SHIFT = 3
+TLB_HUGE_TAG = 1 << 62
+TLB_ASID_SHIFT = 44
+
+NEVER = (1 << 62) - 1  # "no next use" for opt

@@ -1,0 +1,791 @@
+"""The per-access path of one-level mapping, compiled with numba.
+
+:func:`run_batch` takes a batch of one process's accesses (virtual page
+numbers and write flags) and, for each, looks the page up in the TLB,
+walks the radix page table on a miss, takes a page fault when the page is
+not present (zero-filling it on first touch, reading it back from swap
+otherwise), evicts a victim chosen by the replacement policy when no frame
+is free, and keeps the referenced/dirty bits and content tokens. It runs
+until the batch ends or something needs the control plane (a segmentation
+fault, an out-of-memory kill, more table-page storage) and returns the index
+where it stopped and why; the control plane acts and calls it again from
+there, so an access is never counted twice.
+
+Everything here takes arrays and scalars only (see :mod:`.layout`). The
+naive twin that the tests compare against lives in ``tests/reference.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.typed import Dict
+
+from .layout import (
+    C_ACCESSES,
+    C_CLEAN_DROPS,
+    C_DIRTY_UPDATES,
+    C_EVICTIONS,
+    C_MAJOR,
+    C_MINOR,
+    C_READS,
+    C_TABLE_ALLOCS,
+    C_TLB1_HITS,
+    C_TLB1_MISSES,
+    C_TLB2_HITS,
+    C_TLB2_MISSES,
+    C_WALK_REFS,
+    C_WALKS,
+    C_WRITEBACKS,
+    C_WRITES,
+    C_ZERO_DROPS,
+    F_FLAGS,
+    F_NEXT,
+    F_OWNER,
+    F_PREV,
+    F_SLOT,
+    FR_DIRTY,
+    FR_HUGE,
+    FR_PINNED,
+    FR_REFERENCED,
+    FR_TABLE,
+    G_NEXT_USE,
+    G_TOKEN,
+    G_VPN,
+    K_FLUSH_ON_SWITCH,
+    K_HAS_HUGE,
+    K_HUGE_SHIFT,
+    K_LEVELS,
+    K_LOCAL,
+    K_POLICY,
+    K_TLB1_SETS,
+    K_TLB1_WAYS,
+    K_TLB2_SETS,
+    K_TLB2_WAYS,
+    K_TLB_LEVELS,
+    L_HEAD,
+    L_SIZE,
+    L_TAIL,
+    NEVER,
+    P_ALIVE,
+    P_QUOTA,
+    P_REG_COUNT,
+    P_REG_START,
+    P_RESIDENT,
+    P_ROOT,
+    P_SWAPPED,
+    P_TABLES,
+    POLICY_CLOCK,
+    POLICY_LRU,
+    POLICY_OPT,
+    POLICY_RANDOM,
+    PTE_ACCESSED,
+    PTE_DIRTY,
+    PTE_HUGE,
+    PTE_PRESENT,
+    PTE_SHIFT,
+    PTE_SWAPPED,
+    PTE_USER,
+    PTE_WRITABLE,
+    R_END,
+    R_FLAGS,
+    R_START,
+    REG_HUGE,
+    REG_WRITABLE,
+    S_FAULT_KIND,
+    S_FAULT_VPN,
+    S_FREE_TOP,
+    S_HUGE_TOP,
+    S_LAST_ASID,
+    S_RNG,
+    S_SWAP_TOP,
+    S_TABLE_FREE_TOP,
+    S_TABLE_NEXT,
+    S_TLB_CLOCK,
+    S_TLB_FLUSHES,
+    S_TOKEN,
+    SEGV_NO_REGION,
+    SEGV_READ_ONLY,
+    STOP_DONE,
+    STOP_NEED_TABLES,
+    STOP_OOM,
+    STOP_SEGFAULT,
+    STOP_SIGBUS,
+    TLB_ASID_SHIFT,
+    TLB_HUGE_TAG,
+    TV_DIRTY,
+    TV_HUGE,
+    TV_SHIFT,
+    TV_WRITABLE,
+)
+from .state import Machine
+
+# ---------------------------------------------------------------------------
+# random numbers: one seeded xorshift64* stream per run, held in st[S_RNG]
+
+
+@njit(cache=True)
+def rng_next(st: np.ndarray) -> int:
+    """Advance the run's xorshift64* generator and return 63 random bits."""
+    x = np.uint64(st[S_RNG])
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    st[S_RNG] = np.int64(x)
+    return np.int64((x * np.uint64(2685821657736338717)) >> np.uint64(1))
+
+
+# ---------------------------------------------------------------------------
+# replacement lists: doubly linked through fi32[F_PREV], fi32[F_NEXT]
+
+
+@njit(cache=True)
+def list_append(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
+    """Put frame ``f`` at the tail (most recent end) of list ``lid``."""
+    tail = lists[lid, L_TAIL]
+    fi32[F_PREV, f] = tail
+    fi32[F_NEXT, f] = -1
+    if tail >= 0:
+        fi32[F_NEXT, tail] = f
+    else:
+        lists[lid, L_HEAD] = f
+    lists[lid, L_TAIL] = f
+    lists[lid, L_SIZE] += 1
+
+
+@njit(cache=True)
+def list_remove(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
+    """Unlink frame ``f`` from list ``lid``."""
+    p = fi32[F_PREV, f]
+    n = fi32[F_NEXT, f]
+    if p >= 0:
+        fi32[F_NEXT, p] = n
+    else:
+        lists[lid, L_HEAD] = n
+    if n >= 0:
+        fi32[F_PREV, n] = p
+    else:
+        lists[lid, L_TAIL] = p
+    fi32[F_PREV, f] = -1
+    fi32[F_NEXT, f] = -1
+    lists[lid, L_SIZE] -= 1
+
+
+@njit(cache=True)
+def list_id(m: Machine, pid: int) -> int:
+    """The replacement list of a process: 0 (global) or pid + 1 (local)."""
+    if m.cfg[K_LOCAL] != 0:
+        return pid + 1
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# TLB: per level, entries [set * ways + way] with a tag, a value and an LRU stamp
+
+
+@njit(cache=True)
+def tlb_geometry(m: Machine, lvl: int) -> tuple[int, int]:
+    if lvl == 0:
+        return m.cfg[K_TLB1_SETS], m.cfg[K_TLB1_WAYS]
+    return m.cfg[K_TLB2_SETS], m.cfg[K_TLB2_WAYS]
+
+
+@njit(cache=True)
+def tlb_key(pid: int, vpn: int, huge: bool, huge_shift: int) -> tuple[int, int]:
+    """The (tag, set key) of a translation: base pages by vpn, huge pages by huge-page number."""
+    if huge:
+        key = vpn >> huge_shift
+        return TLB_HUGE_TAG | (pid << TLB_ASID_SHIFT) | key, key
+    return (pid << TLB_ASID_SHIFT) | vpn, vpn
+
+
+@njit(cache=True)
+def tlb_probe(
+    tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
+    lvl: int, sets: int, ways: int, tag: int, key: int,
+) -> int:  # fmt: skip
+    """The value cached for ``tag`` at TLB level ``lvl`` (its LRU stamp refreshed), or -1."""
+    base = (key % sets) * ways
+    for w in range(ways):
+        if tags[lvl, base + w] == tag:
+            st[S_TLB_CLOCK] += 1
+            stamps[lvl, base + w] = st[S_TLB_CLOCK]
+            return vals[lvl, base + w]
+    return -1
+
+
+@njit(cache=True)
+def tlb_fill(
+    tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
+    lvl: int, sets: int, ways: int, tag: int, key: int, val: int,
+) -> None:  # fmt: skip
+    """Cache ``tag -> val`` at level ``lvl`` in an invalid way or over the set's LRU way."""
+    base = (key % sets) * ways
+    victim = base
+    oldest = stamps[lvl, base]
+    for w in range(ways):
+        e = base + w
+        if tags[lvl, e] == tag or tags[lvl, e] < 0:
+            victim = e
+            break
+        if stamps[lvl, e] < oldest:
+            oldest = stamps[lvl, e]
+            victim = e
+    st[S_TLB_CLOCK] += 1
+    tags[lvl, victim] = tag
+    vals[lvl, victim] = val
+    stamps[lvl, victim] = st[S_TLB_CLOCK]
+
+
+@njit(cache=True)
+def tlb_mark_dirty(m: Machine, tag: int, key: int) -> None:
+    """Set the dirty flag of the cached translation ``tag`` at every level."""
+    for lvl in range(m.cfg[K_TLB_LEVELS]):
+        sets, ways = tlb_geometry(m, lvl)
+        base = (key % sets) * ways
+        for w in range(ways):
+            if m.tlb_tags[lvl, base + w] == tag:
+                m.tlb_vals[lvl, base + w] |= TV_DIRTY
+
+
+@njit(cache=True)
+def tlb_invalidate(m: Machine, pid: int, vpn: int, huge: bool) -> None:
+    """Drop the cached translation of ``vpn`` in ``pid``'s address space at every level."""
+    tag, key = tlb_key(pid, vpn, huge, m.cfg[K_HUGE_SHIFT])
+    for lvl in range(m.cfg[K_TLB_LEVELS]):
+        sets, ways = tlb_geometry(m, lvl)
+        base = (key % sets) * ways
+        for w in range(ways):
+            if m.tlb_tags[lvl, base + w] == tag:
+                m.tlb_tags[lvl, base + w] = -1
+                m.tlb_vals[lvl, base + w] = -1
+
+
+@njit(cache=True)
+def tlb_flush_asid(m: Machine, pid: int) -> None:
+    """Drop every cached translation of address space ``pid`` (``-1``: all)."""
+    for lvl in range(m.tlb_tags.shape[0]):
+        for e in range(m.tlb_tags.shape[1]):
+            t = m.tlb_tags[lvl, e]
+            if t < 0:
+                continue
+            if pid < 0 or ((t & ~TLB_HUGE_TAG) >> TLB_ASID_SHIFT) == pid:
+                m.tlb_tags[lvl, e] = -1
+                m.tlb_vals[lvl, e] = -1
+
+
+# ---------------------------------------------------------------------------
+# page tables
+
+
+@njit(cache=True)
+def table_of(fi64: np.ndarray, entry: int) -> int:
+    """The table index of the table page a non-leaf entry points to."""
+    return fi64[G_VPN, entry >> PTE_SHIFT]
+
+
+@njit(cache=True)
+def find_leaf(m: Machine, root: int, vpn: int) -> tuple[int, int, int]:
+    """Return ``(table, index, level)`` of the entry that maps ``vpn``.
+
+    Walks from ``root`` down to the first entry that is a leaf (last level or
+    huge) or not present. Counts nothing: this is the kernel reading its own
+    tables, not the MMU.
+    """
+    t = root
+    levels = m.cfg[K_LEVELS]
+    for lvl in range(levels):
+        idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
+        e = m.tables[t, idx]
+        if lvl == levels - 1 or (e & PTE_PRESENT) == 0 or (e & PTE_HUGE) != 0:
+            return t, idx, lvl
+        t = table_of(m.fi64, e)
+    return -1, -1, -1
+
+
+@njit(cache=True)
+def alloc_table(m: Machine) -> int:
+    """A free table index: a freed one first, else the next never used."""
+    if m.st[S_TABLE_FREE_TOP] > 0:
+        m.st[S_TABLE_FREE_TOP] -= 1
+        return m.table_free[m.st[S_TABLE_FREE_TOP]]
+    t = m.st[S_TABLE_NEXT]
+    m.st[S_TABLE_NEXT] += 1
+    return t
+
+
+@njit(cache=True)
+def table_room(m: Machine, needed: int) -> bool:
+    """True when ``needed`` more table pages fit in the table pool's storage."""
+    return m.st[S_TABLE_FREE_TOP] + (m.tables.shape[0] - m.st[S_TABLE_NEXT]) >= needed
+
+
+@njit(cache=True)
+def install_table(m: Machine, pid: int, f: int) -> int:
+    """Make frame ``f`` a new, empty table page of ``pid``; return its table index."""
+    nt = alloc_table(m)
+    m.tables[nt, :] = 0
+    m.table_frame[nt] = f
+    m.fi32[F_OWNER, f] = pid
+    m.fi32[F_FLAGS, f] = FR_TABLE | FR_PINNED
+    m.fi64[G_VPN, f] = nt
+    m.fi64[G_TOKEN, f] = 0
+    m.proc[pid, P_TABLES] += 1
+    m.pctr[pid, C_TABLE_ALLOCS] += 1
+    return nt
+
+
+@njit(cache=True)
+def missing_tables(m: Machine, root: int, vpn: int, leaf_level: int) -> int:
+    """How many table pages a fault must add so that ``vpn`` has an entry at ``leaf_level``."""
+    _, _, lvl = find_leaf(m, root, vpn)
+    return leaf_level - lvl if lvl < leaf_level else 0
+
+
+@njit(cache=True)
+def build_path(m: Machine, pid: int, vpn: int, leaf_level: int) -> tuple[int, int]:
+    """Add the table pages ``vpn`` lacks down to ``leaf_level``; return its (table, index).
+
+    Returns ``(-1, -1)`` when a frame for a table page cannot be had. The
+    caller has checked that the table pool has room.
+    """
+    t = m.proc[pid, P_ROOT]
+    for lvl in range(leaf_level):
+        idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
+        e = m.tables[t, idx]
+        if e & PTE_PRESENT:
+            t = table_of(m.fi64, e)
+            continue
+        f = take_frame(m, pid, False)
+        if f < 0:
+            return -1, -1
+        nt = install_table(m, pid, f)
+        m.tables[t, idx] = (f << PTE_SHIFT) | PTE_PRESENT | PTE_WRITABLE | PTE_USER
+        t = nt
+    return t, (vpn >> m.shifts[leaf_level]) & m.masks[leaf_level]
+
+
+@njit(cache=True)
+def find_region(m: Machine, pid: int, vpn: int) -> int:
+    """The row of the region of ``pid`` that holds ``vpn``, or -1."""
+    r0 = m.proc[pid, P_REG_START]
+    for r in range(r0, r0 + m.proc[pid, P_REG_COUNT]):
+        if m.regions[r, R_START] <= vpn < m.regions[r, R_END]:
+            return r
+    return -1
+
+
+# ---------------------------------------------------------------------------
+# frames, eviction and swap
+
+
+@njit(cache=True)
+def pick_victim(m: Machine, lid: int) -> int:
+    """Choose the frame to evict from list ``lid`` by the configured policy, or -1."""
+    size = m.lists[lid, L_SIZE]
+    if size == 0:
+        return -1
+    policy = m.cfg[K_POLICY]
+    if policy == POLICY_CLOCK:
+        # second chance: a referenced page at the head loses its bit and goes to the tail
+        while True:
+            f = m.lists[lid, L_HEAD]
+            if m.fi32[F_FLAGS, f] & FR_REFERENCED:
+                m.fi32[F_FLAGS, f] &= ~FR_REFERENCED
+                list_remove(m.lists, m.fi32, lid, f)
+                list_append(m.lists, m.fi32, lid, f)
+            else:
+                return f
+    if policy == POLICY_RANDOM:
+        k = rng_next(m.st) % size
+        f = m.lists[lid, L_HEAD]
+        for _ in range(k):
+            f = m.fi32[F_NEXT, f]
+        return f
+    if policy == POLICY_OPT:
+        best = -1
+        best_use = -1
+        best_vpn = 0
+        f = m.lists[lid, L_HEAD]
+        while f >= 0:
+            use = m.fi64[G_NEXT_USE, f]
+            vpn = m.fi64[G_VPN, f]
+            if use > best_use or (use == best_use and vpn < best_vpn):
+                best = f
+                best_use = use
+                best_vpn = vpn
+            f = m.fi32[F_NEXT, f]
+        return best
+    # fifo and lru: the head is the oldest loaded / least recently used
+    return m.lists[lid, L_HEAD]
+
+
+@njit(cache=True)
+def free_frame(m: Machine, f: int) -> None:
+    """Clear frame ``f``'s metadata and put it back on the free stack."""
+    m.fi32[F_OWNER, f] = -1
+    m.fi32[F_FLAGS, f] = 0
+    m.fi32[F_SLOT, f] = -1
+    m.fi32[F_PREV, f] = -1
+    m.fi32[F_NEXT, f] = -1
+    m.fi64[G_VPN, f] = -1
+    m.fi64[G_TOKEN, f] = 0
+    m.free_stack[m.st[S_FREE_TOP]] = f
+    m.st[S_FREE_TOP] += 1
+
+
+@njit(cache=True)
+def free_slot(m: Machine, slot: int) -> None:
+    """Give swap slot ``slot`` back."""
+    m.swap_owner[slot] = -1
+    m.swap_free[m.st[S_SWAP_TOP]] = slot
+    m.st[S_SWAP_TOP] += 1
+
+
+@njit(cache=True)
+def evict(m: Machine, lid: int) -> bool:
+    """Take one page out of memory from list ``lid``; False when none can be taken.
+
+    A dirty page is written to a free swap slot; a clean page whose swap copy
+    is current is dropped without a write; a clean page never written reads
+    back as zeros and is dropped. False also when a dirty victim needs a slot
+    and swap is full.
+    """
+    f = pick_victim(m, lid)
+    if f < 0:
+        return False
+    q = m.fi32[F_OWNER, f]
+    vpn = m.fi64[G_VPN, f]
+    flags = m.fi32[F_FLAGS, f]
+    slot = m.fi32[F_SLOT, f]
+    if flags & FR_DIRTY:
+        if m.st[S_SWAP_TOP] == 0:
+            return False
+        m.st[S_SWAP_TOP] -= 1
+        slot = m.swap_free[m.st[S_SWAP_TOP]]
+        m.swap_token[slot] = m.fi64[G_TOKEN, f]
+        m.swap_owner[slot] = q
+        m.pctr[q, C_WRITEBACKS] += 1
+    elif slot >= 0:
+        m.pctr[q, C_CLEAN_DROPS] += 1
+    else:
+        m.pctr[q, C_ZERO_DROPS] += 1
+    t, idx, _ = find_leaf(m, m.proc[q, P_ROOT], vpn)
+    if slot >= 0:
+        m.tables[t, idx] = (slot << PTE_SHIFT) | PTE_SWAPPED
+        m.proc[q, P_SWAPPED] += 1
+    else:
+        m.tables[t, idx] = 0
+    m.pctr[q, C_EVICTIONS] += 1
+    tlb_invalidate(m, q, vpn, False)
+    list_remove(m.lists, m.fi32, lid, f)
+    m.proc[q, P_RESIDENT] -= 1
+    free_frame(m, f)
+    return True
+
+
+@njit(cache=True)
+def take_frame(m: Machine, pid: int, for_data: bool) -> int:
+    """Return a free frame for ``pid``, evicting a page if needed; -1 if none can be had.
+
+    Under local replacement a process at its quota evicts one of its own
+    pages even when frames are free elsewhere; otherwise a free frame is
+    taken first and a victim is chosen only when memory is full.
+    """
+    local = m.cfg[K_LOCAL] != 0
+    lid = list_id(m, pid)
+    at_quota = for_data and local and m.proc[pid, P_RESIDENT] >= m.proc[pid, P_QUOTA]
+    if at_quota and not evict(m, lid):
+        return -1
+    if m.st[S_FREE_TOP] == 0:
+        ok = evict(m, lid)
+        if not ok and local:
+            # nothing of its own to give: take from the largest local list
+            best = 0
+            for other in range(1, m.lists.shape[0]):
+                if m.lists[other, L_SIZE] > m.lists[best, L_SIZE]:
+                    best = other
+            ok = evict(m, best)
+        if not ok:
+            return -1
+    m.st[S_FREE_TOP] -= 1
+    return m.free_stack[m.st[S_FREE_TOP]]
+
+
+@njit(cache=True)
+def new_token(st: np.ndarray) -> int:
+    """A content token no page has had before."""
+    st[S_TOKEN] += 1
+    return st[S_TOKEN]
+
+
+# ---------------------------------------------------------------------------
+# the per-access loop
+
+
+@njit(cache=True)
+def segfault(m: Machine, vpn: int, kind: int) -> int:
+    m.st[S_FAULT_VPN] = vpn
+    m.st[S_FAULT_KIND] = kind
+    return STOP_SEGFAULT
+
+
+@njit(cache=True)
+def run_batch(
+    m: Machine,
+    pid: int,
+    vpns: np.ndarray,
+    writes: np.ndarray,
+    next_use: np.ndarray,
+    start: int,
+    end: int,
+) -> tuple[int, int]:
+    """Run accesses ``start..end`` of process ``pid``; return ``(stop index, reason)``.
+
+    ``reason`` is STOP_DONE when the batch ran to ``end``. Otherwise access
+    ``stop index`` has not happened (nothing of it is counted) and the
+    control plane must act: kill the process (segfault, SIGBUS), pick an
+    out-of-memory victim, or grow the table pool, then call again.
+    """
+    levels = m.cfg[K_LEVELS]
+    policy = m.cfg[K_POLICY]
+    tlb_levels = m.cfg[K_TLB_LEVELS]
+    huge_shift = m.cfg[K_HUGE_SHIFT]
+    huge_span = 1 << huge_shift
+    has_huge = m.cfg[K_HAS_HUGE] != 0
+    lid = list_id(m, pid)
+    root = m.proc[pid, P_ROOT]
+    use_opt = policy == POLICY_OPT
+    tags, vals, stamps, st = m.tlb_tags, m.tlb_vals, m.tlb_stamps, m.st
+    tsets = (m.cfg[K_TLB1_SETS], m.cfg[K_TLB2_SETS])
+    tways = (m.cfg[K_TLB1_WAYS], m.cfg[K_TLB2_WAYS])
+
+    if tlb_levels > 0 and m.cfg[K_FLUSH_ON_SWITCH] != 0 and m.st[S_LAST_ASID] != pid:
+        tlb_flush_asid(m, -1)
+        m.st[S_TLB_FLUSHES] += 1
+    m.st[S_LAST_ASID] = pid
+
+    for i in range(start, end):
+        vpn = vpns[i]
+        w = writes[i] != 0
+        val = -1
+        l1_hit = 0
+        l2_hit = 0
+        # --- TLB lookup, level by level: the base-page tag, then the huge-page tag
+        for lvl in range(tlb_levels):
+            sets, ways = tsets[lvl], tways[lvl]
+            tag, key = tlb_key(pid, vpn, False, huge_shift)
+            val = tlb_probe(tags, vals, stamps, st, lvl, sets, ways, tag, key)
+            if val < 0 and has_huge:
+                tag, key = tlb_key(pid, vpn, True, huge_shift)
+                val = tlb_probe(tags, vals, stamps, st, lvl, sets, ways, tag, key)
+            if val >= 0:
+                if lvl == 0:
+                    l1_hit = 1
+                else:
+                    l2_hit = 1
+                    # refill the first level
+                    tlb_fill(tags, vals, stamps, st, 0, tsets[0], tways[0], tag, key, val)
+                break
+
+        fault_minor = 0
+        fault_major = 0
+        refs = 0
+        dirty_update = 0
+        loaded = False
+        if val >= 0:
+            pfn = val >> TV_SHIFT
+            if val & TV_HUGE:
+                pfn += vpn & (huge_span - 1)
+            if w:
+                if (val & TV_WRITABLE) == 0:
+                    return i, segfault(m, vpn, SEGV_READ_ONLY)
+                if (val & TV_DIRTY) == 0:
+                    # the MMU sets the PTE's dirty bit on the first write through this entry
+                    t, idx, _ = find_leaf(m, root, vpn)
+                    m.tables[t, idx] |= PTE_DIRTY
+                    tag, key = tlb_key(pid, vpn, (val & TV_HUGE) != 0, huge_shift)
+                    tlb_mark_dirty(m, tag, key)
+                    dirty_update = 1
+        else:
+            # --- page walk: one memory reference per level read
+            t = root
+            e = 0
+            idx = 0
+            lvl = 0
+            while True:
+                idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
+                e = m.tables[t, idx]
+                refs += 1
+                if (e & PTE_PRESENT) == 0 or lvl == levels - 1 or (e & PTE_HUGE) != 0:
+                    break
+                t = table_of(m.fi64, e)
+                lvl += 1
+            if e & PTE_PRESENT:
+                if w and (e & PTE_WRITABLE) == 0:
+                    return i, segfault(m, vpn, SEGV_READ_ONLY)
+                huge = (e & PTE_HUGE) != 0
+                base = e >> PTE_SHIFT
+                pfn = base + (vpn & (huge_span - 1)) if huge else base
+                m.tables[t, idx] = e | PTE_ACCESSED | (PTE_DIRTY if w else 0)
+                tv = (base << TV_SHIFT) | (TV_WRITABLE if e & PTE_WRITABLE else 0)
+                tv |= TV_DIRTY if (w or (e & PTE_DIRTY)) else 0
+                tv |= TV_HUGE if huge else 0
+            else:
+                # --- page fault
+                r = find_region(m, pid, vpn)
+                if r < 0:
+                    return i, segfault(m, vpn, SEGV_NO_REGION)
+                rflags = m.regions[r, R_FLAGS]
+                writable = (rflags & REG_WRITABLE) != 0
+                if w and not writable:
+                    return i, segfault(m, vpn, SEGV_READ_ONLY)
+                huge = (rflags & REG_HUGE) != 0
+                leaf_level = levels - 2 if huge else levels - 1
+                if not table_room(m, missing_tables(m, root, vpn, leaf_level)):
+                    return i, STOP_NEED_TABLES
+                if huge and m.st[S_HUGE_TOP] == 0:
+                    m.st[S_FAULT_VPN] = vpn
+                    return i, STOP_SIGBUS
+                t, idx = build_path(m, pid, vpn, leaf_level)
+                if t < 0:
+                    m.st[S_FAULT_VPN] = vpn
+                    return i, STOP_OOM
+                pte = PTE_PRESENT | PTE_USER | PTE_ACCESSED
+                pte |= PTE_WRITABLE if writable else 0
+                pte |= PTE_DIRTY if w else 0
+                if huge:
+                    # a huge page from the pool: pinned, never on a replacement list
+                    m.st[S_HUGE_TOP] -= 1
+                    base = m.huge_free[m.st[S_HUGE_TOP]]
+                    hvpn = vpn - (vpn & (huge_span - 1))
+                    for k in range(huge_span):
+                        m.fi32[F_OWNER, base + k] = pid
+                        m.fi32[F_FLAGS, base + k] = FR_HUGE | FR_PINNED
+                        m.fi64[G_VPN, base + k] = hvpn + k
+                        m.fi64[G_TOKEN, base + k] = 0
+                    m.tables[t, idx] = (base << PTE_SHIFT) | pte | PTE_HUGE
+                    m.proc[pid, P_RESIDENT] += huge_span
+                    pfn = base + (vpn & (huge_span - 1))
+                    fault_minor = 1
+                    tv = (base << TV_SHIFT) | TV_HUGE
+                else:
+                    f = take_frame(m, pid, True)
+                    if f < 0:
+                        m.st[S_FAULT_VPN] = vpn
+                        return i, STOP_OOM
+                    # evictions change only present entries: this one is as it was
+                    e = m.tables[t, idx]
+                    if e & PTE_SWAPPED:
+                        slot = e >> PTE_SHIFT
+                        m.fi64[G_TOKEN, f] = m.swap_token[slot]
+                        m.fi32[F_SLOT, f] = slot  # the swap copy stays current while clean
+                        m.proc[pid, P_SWAPPED] -= 1
+                        fault_major = 1
+                    else:
+                        m.fi64[G_TOKEN, f] = 0
+                        m.fi32[F_SLOT, f] = -1
+                        fault_minor = 1
+                    m.fi32[F_OWNER, f] = pid
+                    m.fi32[F_FLAGS, f] = 0
+                    m.fi64[G_VPN, f] = vpn
+                    list_append(m.lists, m.fi32, lid, f)
+                    m.tables[t, idx] = (f << PTE_SHIFT) | pte
+                    m.proc[pid, P_RESIDENT] += 1
+                    pfn = f
+                    loaded = True
+                    tv = f << TV_SHIFT
+                tv |= (TV_WRITABLE if writable else 0) | (TV_DIRTY if w else 0)
+            # --- fill the TLB, every level
+            tag, key = tlb_key(pid, vpn, (tv & TV_HUGE) != 0, huge_shift)
+            for lvl in range(tlb_levels):
+                tlb_fill(tags, vals, stamps, st, lvl, tsets[lvl], tways[lvl], tag, key, tv)
+
+        # --- the access itself: policy bookkeeping, referenced/dirty bits, contents
+        flags = m.fi32[F_FLAGS, pfn]
+        if (flags & FR_HUGE) == 0:
+            if not loaded:
+                flags |= FR_REFERENCED
+                if policy == POLICY_LRU:
+                    list_remove(m.lists, m.fi32, lid, pfn)
+                    list_append(m.lists, m.fi32, lid, pfn)
+            if use_opt:
+                m.fi64[G_NEXT_USE, pfn] = next_use[i]
+        if w:
+            flags |= FR_DIRTY
+            m.fi64[G_TOKEN, pfn] = new_token(m.st)
+            slot = m.fi32[F_SLOT, pfn]
+            if slot >= 0:
+                free_slot(m, slot)  # the swap copy is stale now
+                m.fi32[F_SLOT, pfn] = -1
+        m.fi32[F_FLAGS, pfn] = flags
+
+        # --- counters, committed only now that the access has happened
+        m.pctr[pid, C_ACCESSES] += 1
+        if w:
+            m.pctr[pid, C_WRITES] += 1
+        else:
+            m.pctr[pid, C_READS] += 1
+        if tlb_levels > 0:
+            m.pctr[pid, C_TLB1_HITS] += l1_hit
+            m.pctr[pid, C_TLB1_MISSES] += 1 - l1_hit
+            if tlb_levels > 1 and l1_hit == 0:
+                m.pctr[pid, C_TLB2_HITS] += l2_hit
+                m.pctr[pid, C_TLB2_MISSES] += 1 - l2_hit
+        if refs > 0:
+            m.pctr[pid, C_WALKS] += 1
+            m.pctr[pid, C_WALK_REFS] += refs
+        m.pctr[pid, C_MINOR] += fault_minor
+        m.pctr[pid, C_MAJOR] += fault_major
+        m.pctr[pid, C_DIRTY_UPDATES] += dirty_update
+    return end, STOP_DONE
+
+
+@njit(cache=True)
+def kill_process(m: Machine, huge_base: int, pid: int) -> None:
+    """End process ``pid``: free its frames, table pages, huge pages and swap slots."""
+    span = 1 << m.cfg[K_HUGE_SHIFT]
+    for f in range(m.fi32.shape[1]):
+        if m.fi32[F_OWNER, f] != pid:
+            continue
+        flags = m.fi32[F_FLAGS, f]
+        if flags & FR_HUGE:
+            if (f - huge_base) % span == 0:
+                m.huge_free[m.st[S_HUGE_TOP]] = f
+                m.st[S_HUGE_TOP] += 1
+            m.fi32[F_OWNER, f] = -1
+            m.fi32[F_FLAGS, f] = 0
+            m.fi64[G_VPN, f] = -1
+            m.fi64[G_TOKEN, f] = 0
+            continue
+        if flags & FR_TABLE:
+            m.table_free[m.st[S_TABLE_FREE_TOP]] = m.fi64[G_VPN, f]
+            m.st[S_TABLE_FREE_TOP] += 1
+        else:
+            list_remove(m.lists, m.fi32, list_id(m, pid), f)
+            slot = m.fi32[F_SLOT, f]
+            if slot >= 0:
+                free_slot(m, slot)
+        free_frame(m, f)
+    for slot in range(m.swap_owner.shape[0]):
+        if m.swap_owner[slot] == pid:
+            free_slot(m, slot)
+    tlb_flush_asid(m, pid)
+    m.proc[pid, P_ALIVE] = 0
+    m.proc[pid, P_RESIDENT] = 0
+    m.proc[pid, P_SWAPPED] = 0
+    m.proc[pid, P_TABLES] = 0
+    m.proc[pid, P_ROOT] = -1
+
+
+@njit(cache=True)
+def next_uses(keys: np.ndarray) -> np.ndarray:
+    """For each access, the index of the next access to the same page (NEVER if none)."""
+    n = keys.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    last = Dict.empty(key_type=types.int64, value_type=types.int64)
+    for i in range(n - 1, -1, -1):
+        k = keys[i]
+        out[i] = last.get(k, NEVER)
+        last[k] = i
+    return out

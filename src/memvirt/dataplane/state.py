@@ -1,0 +1,38 @@
+"""The machine's state as the data plane sees it: one named tuple of arrays.
+
+Numba compiles functions over a :class:`Machine` once; reading a field is a
+static offset, so bundling the arrays costs nothing at run time and keeps
+the kernels' signatures short. The arrays' layouts are in :mod:`.layout`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Machine(NamedTuple):
+    """Every array of one simulated memory, its page tables, TLB and swap."""
+
+    cfg: np.ndarray  # int64[N_CFG] configuration
+    shifts: np.ndarray  # int64[levels] vpn shift of each level's index
+    masks: np.ndarray  # int64[levels] index mask of each level
+    st: np.ndarray  # int64[N_STATE] scalars
+    pctr: np.ndarray  # int64[procs, N_PCTR] per-process counters
+    fi32: np.ndarray  # int32[N_FI32, frames] frame metadata
+    fi64: np.ndarray  # int64[N_FI64, frames] frame back-pointers, tokens
+    free_stack: np.ndarray  # int32[frames] free frames
+    tables: np.ndarray  # int64[table pages, entries] the page-table pages
+    table_frame: np.ndarray  # int32[table pages] frame holding each table page
+    table_free: np.ndarray  # int32[table pages] freed table indices
+    tlb_tags: np.ndarray  # int64[tlb levels, entries]
+    tlb_vals: np.ndarray  # int64[tlb levels, entries]
+    tlb_stamps: np.ndarray  # int64[tlb levels, entries] LRU stamps
+    swap_token: np.ndarray  # int64[slots] contents of swap slots
+    swap_owner: np.ndarray  # int32[slots] pid owning a slot, -1 when free
+    swap_free: np.ndarray  # int32[slots] free slots
+    huge_free: np.ndarray  # int64[huge pages] free huge-page base frames
+    proc: np.ndarray  # int64[procs, N_PROC] per-process state
+    regions: np.ndarray  # int64[regions, 3] address-space regions
+    lists: np.ndarray  # int64[procs + 1, N_LIST] replacement lists
