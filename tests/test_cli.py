@@ -144,3 +144,12 @@ def test_the_installed_command_exits_2_on_bad_input_without_a_traceback() -> Non
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "--frames must be at least 1" in proc.stderr
+
+
+@pytest.mark.parametrize(("policy", "faults"), [("fifo", 15), ("lru", 12), ("opt", 9)])
+def test_replay_without_page_tables_gives_the_same_textbook_counts(
+    policy: str, faults: int
+) -> None:
+    out = replay_json(str(TEXTBOOK), "--frames", "3", "--policy", policy, "--no-page-tables")
+    assert out["faults"] == faults
+    assert out["walk_memory_references"] == 0 and out["table_pages"] == 0

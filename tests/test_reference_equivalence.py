@@ -142,7 +142,7 @@ def assert_same_counters(scenario: Scenario, policy: str) -> None:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scenario=scenarios())
 def test_replacement_policy_matches_reference_on_random_traces(
     policy: str, scenario: Scenario

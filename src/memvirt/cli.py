@@ -99,6 +99,13 @@ def replay(
         str, typer.Option("--tlb-l2", help="Second-level TLB as ENTRIES:WAYS, or 'none'.")
     ] = "1536:12",
     no_tlb: Annotated[bool, typer.Option("--no-tlb", help="No TLB: every access walks.")] = False,
+    no_page_tables: Annotated[
+        bool,
+        typer.Option(
+            "--no-page-tables",
+            help="Replacement alone: a flat page-to-frame map, no walks, no TLB.",
+        ),
+    ] = False,
     swap_slots: Annotated[
         int | None, typer.Option("--swap-slots", help="Swap size in pages (default: enough).")
     ] = None,
@@ -128,7 +135,7 @@ def replay(
             raise KernelError(f"--swap-slots must be 0 or more, got {swap_slots}")
         geometry = build_geometry(page_size, levels, bits_per_level)
         tlb = None
-        if not no_tlb:
+        if not (no_tlb or no_page_tables):
             lv = [parse_tlb_level(tlb_l1, "--tlb-l1")]
             if tlb_l2.lower() != "none":
                 lv.append(parse_tlb_level(tlb_l2, "--tlb-l2"))
@@ -142,6 +149,7 @@ def replay(
             swap_kind=swap_device,
             seed=seed,
             virtual_memory=not no_virtual_memory,
+            page_tables=not no_page_tables,
         )
         data = read_trace(trace, page_numbers=page_numbers)
         warm_up()

@@ -21,7 +21,19 @@ from typing import Any
 
 import numpy as np
 
+from memvirt.dataplane.layout import seed_state
 from memvirt.dataplane.native import next_uses
+from memvirt.dataplane.replacement import (
+    R_ACCESSES,
+    R_CLEAN_DROPS,
+    R_EVICTIONS,
+    R_MAJOR,
+    R_MINOR,
+    R_WRITEBACKS,
+    R_WRITES,
+    R_ZERO_DROPS,
+    replace,
+)
 from memvirt.kernel.kernel import Kernel, KernelConfig, KernelError, regions_covering
 from memvirt.mmu.tlb import TLBConfig
 from memvirt.policies import get_policy
@@ -41,11 +53,19 @@ class ReplayOptions:
     swap_kind: str = "ssd"
     seed: int = 0
     virtual_memory: bool = True
+    page_tables: bool = True
 
     def __post_init__(self) -> None:
         if self.frames <= 0:
             raise KernelError(f"--frames must be at least 1, got {self.frames}")
         get_policy(self.policy)
+        if not self.page_tables:
+            if self.tlb is not None:
+                raise KernelError("without page tables there is no TLB: add --no-tlb")
+            if self.swap_slots is not None:
+                raise KernelError("without page tables swap is unlimited: drop --swap-slots")
+            if not self.virtual_memory:
+                raise KernelError("--no-page-tables and --no-virtual-memory exclude each other")
 
 
 @dataclass(frozen=True)
@@ -73,8 +93,14 @@ class ReplayResult:
         return self.counters[key]
 
 
-def build_kernel(trace: Trace, options: ReplayOptions) -> tuple[Kernel, int, np.ndarray]:
-    """A kernel with one process covering the trace's pages; its page tables built."""
+def build_kernel(
+    trace: Trace, options: ReplayOptions, uniq: np.ndarray | None = None
+) -> tuple[Kernel, int, np.ndarray]:
+    """A kernel with one process covering the trace's pages; its page tables built.
+
+    Returns the kernel, the process's pid and the trace's page numbers.
+    ``uniq``, the trace's distinct page numbers sorted, saves a pass when known.
+    """
     geo = options.geometry
     vpns = trace.page_numbers_for(geo.offset_bits)
     if vpns.size and (vpns.min() < 0 or vpns.max() >= 1 << geo.vpn_bits):
@@ -82,7 +108,8 @@ def build_kernel(trace: Trace, options: ReplayOptions) -> tuple[Kernel, int, np.
             f"{trace.source}: page numbers must lie in [0, 2^{geo.vpn_bits}) for a "
             f"{geo.va_bits}-bit address space"
         )
-    uniq = np.unique(vpns)
+    if uniq is None:
+        uniq = np.unique(vpns)
     regions = regions_covering(uniq, geo.page_size)
     tables = 1 + sum(
         int(np.unique(uniq >> geo.shift(lvl - 1)).shape[0]) for lvl in range(1, geo.levels)
@@ -111,7 +138,10 @@ def replay(trace: Trace, options: ReplayOptions) -> ReplayResult:
     """Replay ``trace`` as one process and return what it counted."""
     if len(trace) == 0:
         raise KernelError(f"{trace.source}: the trace has no accesses")
-    kernel, pid, vpns = build_kernel(trace, options)
+    if not options.page_tables:
+        return replay_without_page_tables(trace, options)
+    uniq = np.unique(trace.page_numbers_for(options.geometry.offset_bits))
+    kernel, pid, vpns = build_kernel(trace, options, uniq)
     nu = next_uses(vpns) if get_policy(options.policy).needs_future else None
     start = time.perf_counter()
     kernel.run(pid, vpns, trace.writes, next_use=nu, page_numbers=True)
@@ -121,7 +151,7 @@ def replay(trace: Trace, options: ReplayOptions) -> ReplayResult:
         frames=options.frames,
         page_size=options.geometry.page_size,
         levels=options.geometry.levels,
-        distinct_pages=int(np.unique(vpns).shape[0]),
+        distinct_pages=int(uniq.shape[0]),
         table_pages=kernel.table_pages(pid),
         seconds=seconds,
         counters=kernel.counters(pid),
@@ -134,3 +164,54 @@ def warm_up() -> None:
     trace = Trace.from_pages([1, 2, 3, 1, 4, 1], [0, 1, 0, 0, 1, 0])
     for policy in ("lru", "opt"):
         replay(trace, ReplayOptions(frames=2, policy=policy))
+        replay(trace, ReplayOptions(frames=2, policy=policy, tlb=None, page_tables=False))
+
+
+def replay_without_page_tables(trace: Trace, options: ReplayOptions) -> ReplayResult:
+    """Replacement alone: a flat page-to-frame array, no walks, no TLB (libCacheSim's experiment).
+
+    The counts equal those of the full path with the same policy and frames.
+    """
+    vpns = trace.page_numbers_for(options.geometry.offset_bits)
+    uniq, dense = np.unique(vpns, return_inverse=True)
+    dense = np.ascontiguousarray(dense, dtype=np.int64)
+    policy = get_policy(options.policy)
+    nu = next_uses(dense) if policy.needs_future else np.zeros(0, dtype=np.int64)
+    writes = np.ascontiguousarray(trace.writes, dtype=np.uint8)
+    start = time.perf_counter()
+    out = replace(
+        dense, writes, int(uniq.shape[0]), options.frames, policy.code, nu,
+        seed_state(options.seed),
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    counters = {
+        "accesses": int(out[R_ACCESSES]),
+        "reads": int(out[R_ACCESSES] - out[R_WRITES]),
+        "writes": int(out[R_WRITES]),
+        "minor_faults": int(out[R_MINOR]),
+        "major_faults": int(out[R_MAJOR]),
+        "faults": int(out[R_MINOR] + out[R_MAJOR]),
+        "evictions": int(out[R_EVICTIONS]),
+        "writebacks": int(out[R_WRITEBACKS]),
+        "clean_drops": int(out[R_CLEAN_DROPS]),
+        "zero_drops": int(out[R_ZERO_DROPS]),
+        "swap_ins": int(out[R_MAJOR]),
+        "swap_outs": int(out[R_WRITEBACKS]),
+    }
+    for name in (
+        "tlb_hits", "tlb_misses", "tlb_l1_hits", "tlb_l1_misses", "tlb_l2_hits",
+        "tlb_l2_misses", "walks", "walk_memory_references", "table_pages_allocated",
+        "dirty_bit_updates",
+    ):  # fmt: skip
+        counters[name] = 0
+    return ReplayResult(
+        policy=options.policy,
+        frames=options.frames,
+        page_size=options.geometry.page_size,
+        levels=0,
+        distinct_pages=int(uniq.shape[0]),
+        table_pages=0,
+        seconds=seconds,
+        counters=counters,
+        killed=[],
+    )

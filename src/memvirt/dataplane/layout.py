@@ -43,8 +43,10 @@ FR_HUGE = 16  # part of a huge page (from the huge-page pool)
 # --- frame fields: int64 -----------------------------------------------------
 G_VPN = 0  # back-pointer: the vpn held, or the table index for a table frame
 G_TOKEN = 1  # content token of the page (a 64-bit pattern)
-G_NEXT_USE = 2  # for opt: index of this page's next access, or a large number
-N_FI64 = 3
+G_RMAP = 2  # reverse map: where the PTE mapping this frame is, table * 4096 + index
+G_NEXT_USE = 3  # for opt only: index of this page's next access, or NEVER
+N_FI64 = 3  # rows without opt; opt adds the G_NEXT_USE row
+RMAP_SHIFT = 12
 
 # --- process fields ----------------------------------------------------------
 P_ALIVE = 0
@@ -148,3 +150,9 @@ TLB_HUGE_TAG = 1 << 62
 TLB_ASID_SHIFT = 44
 
 NEVER = (1 << 62) - 1  # "no next use" for opt
+
+
+def seed_state(seed: int) -> int:
+    """The xorshift64* state a run starts from: the seed scrambled, never zero."""
+    x = ((seed * 0x9E3779B97F4A7C15) | 1) & 0xFFFFFFFFFFFFFFFF
+    return x - (1 << 64) if x >= 1 << 63 else x

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
+from .jit import inlined, kernel
 from .layout import (
     C_ACCESSES,
     C_CLEAN_DROPS,
@@ -50,6 +51,7 @@ from .layout import (
     FR_REFERENCED,
     FR_TABLE,
     G_NEXT_USE,
+    G_RMAP,
     G_TOKEN,
     G_VPN,
     K_FLUSH_ON_SWITCH,
@@ -92,6 +94,7 @@ from .layout import (
     R_START,
     REG_HUGE,
     REG_WRITABLE,
+    RMAP_SHIFT,
     S_FAULT_KIND,
     S_FAULT_VPN,
     S_FREE_TOP,
@@ -124,7 +127,7 @@ from .state import Machine
 # random numbers: one seeded xorshift64* stream per run, held in st[S_RNG]
 
 
-@njit(cache=True)
+@kernel
 def rng_next(st: np.ndarray) -> int:
     """Advance the run's xorshift64* generator and return 63 random bits."""
     x = np.uint64(st[S_RNG])
@@ -139,7 +142,7 @@ def rng_next(st: np.ndarray) -> int:
 # replacement lists: doubly linked through fi32[F_PREV], fi32[F_NEXT]
 
 
-@njit(cache=True)
+@inlined
 def list_append(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
     """Put frame ``f`` at the tail (most recent end) of list ``lid``."""
     tail = lists[lid, L_TAIL]
@@ -153,7 +156,7 @@ def list_append(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
     lists[lid, L_SIZE] += 1
 
 
-@njit(cache=True)
+@inlined
 def list_remove(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
     """Unlink frame ``f`` from list ``lid``."""
     p = fi32[F_PREV, f]
@@ -171,7 +174,7 @@ def list_remove(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
     lists[lid, L_SIZE] -= 1
 
 
-@njit(cache=True)
+@kernel
 def list_id(m: Machine, pid: int) -> int:
     """The replacement list of a process: 0 (global) or pid + 1 (local)."""
     if m.cfg[K_LOCAL] != 0:
@@ -183,14 +186,22 @@ def list_id(m: Machine, pid: int) -> int:
 # TLB: per level, entries [set * ways + way] with a tag, a value and an LRU stamp
 
 
-@njit(cache=True)
+@kernel
 def tlb_geometry(m: Machine, lvl: int) -> tuple[int, int]:
     if lvl == 0:
         return m.cfg[K_TLB1_SETS], m.cfg[K_TLB1_WAYS]
     return m.cfg[K_TLB2_SETS], m.cfg[K_TLB2_WAYS]
 
 
-@njit(cache=True)
+@inlined
+def tlb_set(key: int, sets: int) -> int:
+    """The set of ``key``: key mod sets (a mask when sets is a power of two, as in hardware)."""
+    if sets & (sets - 1) == 0:
+        return key & (sets - 1)
+    return key % sets
+
+
+@inlined
 def tlb_key(pid: int, vpn: int, huge: bool, huge_shift: int) -> tuple[int, int]:
     """The (tag, set key) of a translation: base pages by vpn, huge pages by huge-page number."""
     if huge:
@@ -199,13 +210,13 @@ def tlb_key(pid: int, vpn: int, huge: bool, huge_shift: int) -> tuple[int, int]:
     return (pid << TLB_ASID_SHIFT) | vpn, vpn
 
 
-@njit(cache=True)
+@inlined
 def tlb_probe(
     tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
     lvl: int, sets: int, ways: int, tag: int, key: int,
 ) -> int:  # fmt: skip
     """The value cached for ``tag`` at TLB level ``lvl`` (its LRU stamp refreshed), or -1."""
-    base = (key % sets) * ways
+    base = tlb_set(key, sets) * ways
     for w in range(ways):
         if tags[lvl, base + w] == tag:
             st[S_TLB_CLOCK] += 1
@@ -214,13 +225,13 @@ def tlb_probe(
     return -1
 
 
-@njit(cache=True)
+@inlined
 def tlb_fill(
     tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
     lvl: int, sets: int, ways: int, tag: int, key: int, val: int,
 ) -> None:  # fmt: skip
     """Cache ``tag -> val`` at level ``lvl`` in an invalid way or over the set's LRU way."""
-    base = (key % sets) * ways
+    base = tlb_set(key, sets) * ways
     victim = base
     oldest = stamps[lvl, base]
     for w in range(ways):
@@ -237,31 +248,31 @@ def tlb_fill(
     stamps[lvl, victim] = st[S_TLB_CLOCK]
 
 
-@njit(cache=True)
+@kernel
 def tlb_mark_dirty(m: Machine, tag: int, key: int) -> None:
     """Set the dirty flag of the cached translation ``tag`` at every level."""
     for lvl in range(m.cfg[K_TLB_LEVELS]):
         sets, ways = tlb_geometry(m, lvl)
-        base = (key % sets) * ways
+        base = tlb_set(key, sets) * ways
         for w in range(ways):
             if m.tlb_tags[lvl, base + w] == tag:
                 m.tlb_vals[lvl, base + w] |= TV_DIRTY
 
 
-@njit(cache=True)
+@kernel
 def tlb_invalidate(m: Machine, pid: int, vpn: int, huge: bool) -> None:
     """Drop the cached translation of ``vpn`` in ``pid``'s address space at every level."""
     tag, key = tlb_key(pid, vpn, huge, m.cfg[K_HUGE_SHIFT])
     for lvl in range(m.cfg[K_TLB_LEVELS]):
         sets, ways = tlb_geometry(m, lvl)
-        base = (key % sets) * ways
+        base = tlb_set(key, sets) * ways
         for w in range(ways):
             if m.tlb_tags[lvl, base + w] == tag:
                 m.tlb_tags[lvl, base + w] = -1
                 m.tlb_vals[lvl, base + w] = -1
 
 
-@njit(cache=True)
+@kernel
 def tlb_flush_asid(m: Machine, pid: int) -> None:
     """Drop every cached translation of address space ``pid`` (``-1``: all)."""
     for lvl in range(m.tlb_tags.shape[0]):
@@ -278,13 +289,13 @@ def tlb_flush_asid(m: Machine, pid: int) -> None:
 # page tables
 
 
-@njit(cache=True)
+@kernel
 def table_of(fi64: np.ndarray, entry: int) -> int:
     """The table index of the table page a non-leaf entry points to."""
     return fi64[G_VPN, entry >> PTE_SHIFT]
 
 
-@njit(cache=True)
+@kernel
 def find_leaf(m: Machine, root: int, vpn: int) -> tuple[int, int, int]:
     """Return ``(table, index, level)`` of the entry that maps ``vpn``.
 
@@ -303,7 +314,7 @@ def find_leaf(m: Machine, root: int, vpn: int) -> tuple[int, int, int]:
     return -1, -1, -1
 
 
-@njit(cache=True)
+@kernel
 def alloc_table(m: Machine) -> int:
     """A free table index: a freed one first, else the next never used."""
     if m.st[S_TABLE_FREE_TOP] > 0:
@@ -314,13 +325,13 @@ def alloc_table(m: Machine) -> int:
     return t
 
 
-@njit(cache=True)
+@kernel
 def table_room(m: Machine, needed: int) -> bool:
     """True when ``needed`` more table pages fit in the table pool's storage."""
     return m.st[S_TABLE_FREE_TOP] + (m.tables.shape[0] - m.st[S_TABLE_NEXT]) >= needed
 
 
-@njit(cache=True)
+@kernel
 def install_table(m: Machine, pid: int, f: int) -> int:
     """Make frame ``f`` a new, empty table page of ``pid``; return its table index."""
     nt = alloc_table(m)
@@ -335,14 +346,14 @@ def install_table(m: Machine, pid: int, f: int) -> int:
     return nt
 
 
-@njit(cache=True)
+@kernel
 def missing_tables(m: Machine, root: int, vpn: int, leaf_level: int) -> int:
     """How many table pages a fault must add so that ``vpn`` has an entry at ``leaf_level``."""
     _, _, lvl = find_leaf(m, root, vpn)
     return leaf_level - lvl if lvl < leaf_level else 0
 
 
-@njit(cache=True)
+@kernel
 def build_path(m: Machine, pid: int, vpn: int, leaf_level: int) -> tuple[int, int]:
     """Add the table pages ``vpn`` lacks down to ``leaf_level``; return its (table, index).
 
@@ -365,7 +376,7 @@ def build_path(m: Machine, pid: int, vpn: int, leaf_level: int) -> tuple[int, in
     return t, (vpn >> m.shifts[leaf_level]) & m.masks[leaf_level]
 
 
-@njit(cache=True)
+@kernel
 def find_region(m: Machine, pid: int, vpn: int) -> int:
     """The row of the region of ``pid`` that holds ``vpn``, or -1."""
     r0 = m.proc[pid, P_REG_START]
@@ -379,7 +390,7 @@ def find_region(m: Machine, pid: int, vpn: int) -> int:
 # frames, eviction and swap
 
 
-@njit(cache=True)
+@inlined
 def pick_victim(m: Machine, lid: int) -> int:
     """Choose the frame to evict from list ``lid`` by the configured policy, or -1."""
     size = m.lists[lid, L_SIZE]
@@ -420,7 +431,7 @@ def pick_victim(m: Machine, lid: int) -> int:
     return m.lists[lid, L_HEAD]
 
 
-@njit(cache=True)
+@inlined
 def free_frame(m: Machine, f: int) -> None:
     """Clear frame ``f``'s metadata and put it back on the free stack."""
     m.fi32[F_OWNER, f] = -1
@@ -434,7 +445,7 @@ def free_frame(m: Machine, f: int) -> None:
     m.st[S_FREE_TOP] += 1
 
 
-@njit(cache=True)
+@kernel
 def free_slot(m: Machine, slot: int) -> None:
     """Give swap slot ``slot`` back."""
     m.swap_owner[slot] = -1
@@ -442,7 +453,7 @@ def free_slot(m: Machine, slot: int) -> None:
     m.st[S_SWAP_TOP] += 1
 
 
-@njit(cache=True)
+@inlined
 def evict(m: Machine, lid: int) -> bool:
     """Take one page out of memory from list ``lid``; False when none can be taken.
 
@@ -470,7 +481,9 @@ def evict(m: Machine, lid: int) -> bool:
         m.pctr[q, C_CLEAN_DROPS] += 1
     else:
         m.pctr[q, C_ZERO_DROPS] += 1
-    t, idx, _ = find_leaf(m, m.proc[q, P_ROOT], vpn)
+    where = m.fi64[G_RMAP, f]
+    t = where >> RMAP_SHIFT
+    idx = where & ((1 << RMAP_SHIFT) - 1)
     if slot >= 0:
         m.tables[t, idx] = (slot << PTE_SHIFT) | PTE_SWAPPED
         m.proc[q, P_SWAPPED] += 1
@@ -484,7 +497,7 @@ def evict(m: Machine, lid: int) -> bool:
     return True
 
 
-@njit(cache=True)
+@inlined
 def take_frame(m: Machine, pid: int, for_data: bool) -> int:
     """Return a free frame for ``pid``, evicting a page if needed; -1 if none can be had.
 
@@ -512,7 +525,7 @@ def take_frame(m: Machine, pid: int, for_data: bool) -> int:
     return m.free_stack[m.st[S_FREE_TOP]]
 
 
-@njit(cache=True)
+@kernel
 def new_token(st: np.ndarray) -> int:
     """A content token no page has had before."""
     st[S_TOKEN] += 1
@@ -523,14 +536,93 @@ def new_token(st: np.ndarray) -> int:
 # the per-access loop
 
 
-@njit(cache=True)
+@kernel
 def segfault(m: Machine, vpn: int, kind: int) -> int:
     m.st[S_FAULT_VPN] = vpn
     m.st[S_FAULT_KIND] = kind
     return STOP_SEGFAULT
 
 
-@njit(cache=True)
+@inlined
+def page_fault(
+    m: Machine, pid: int, vpn: int, w: bool, t: int, idx: int, lvl: int
+) -> tuple[int, int, int]:
+    """Handle a fault on ``vpn``, whose walk stopped at entry ``idx`` of table ``t``, level ``lvl``.
+
+    Returns ``(pfn, tlb value, 0)`` when the page is now in memory, or
+    ``(-1, -1, reason)`` when the control plane must act first.
+    """
+    r = find_region(m, pid, vpn)
+    if r < 0:
+        return -1, -1, segfault(m, vpn, SEGV_NO_REGION)
+    rflags = m.regions[r, R_FLAGS]
+    writable = (rflags & REG_WRITABLE) != 0
+    if w and not writable:
+        return -1, -1, segfault(m, vpn, SEGV_READ_ONLY)
+    huge = (rflags & REG_HUGE) != 0
+    huge_shift = m.cfg[K_HUGE_SHIFT]
+    huge_span = 1 << huge_shift
+    leaf_level = m.cfg[K_LEVELS] - (2 if huge else 1)
+    if lvl < leaf_level:
+        # the walk met an empty upper entry: table pages must be added first
+        if not table_room(m, leaf_level - lvl):
+            return -1, -1, STOP_NEED_TABLES
+        if huge and m.st[S_HUGE_TOP] == 0:
+            m.st[S_FAULT_VPN] = vpn
+            return -1, -1, STOP_SIGBUS
+        t, idx = build_path(m, pid, vpn, leaf_level)
+        if t < 0:
+            m.st[S_FAULT_VPN] = vpn
+            return -1, -1, STOP_OOM
+    pte = PTE_PRESENT | PTE_USER | PTE_ACCESSED
+    pte |= PTE_WRITABLE if writable else 0
+    pte |= PTE_DIRTY if w else 0
+    tv = (TV_WRITABLE if writable else 0) | (TV_DIRTY if w else 0)
+    if huge:
+        # a huge page from the pool: pinned, never on a replacement list
+        if m.st[S_HUGE_TOP] == 0:
+            m.st[S_FAULT_VPN] = vpn
+            return -1, -1, STOP_SIGBUS
+        m.st[S_HUGE_TOP] -= 1
+        base = m.huge_free[m.st[S_HUGE_TOP]]
+        hvpn = vpn - (vpn & (huge_span - 1))
+        for k in range(huge_span):
+            m.fi32[F_OWNER, base + k] = pid
+            m.fi32[F_FLAGS, base + k] = FR_HUGE | FR_PINNED
+            m.fi64[G_VPN, base + k] = hvpn + k
+            m.fi64[G_TOKEN, base + k] = 0
+            m.fi64[G_RMAP, base + k] = (t << RMAP_SHIFT) | idx
+        m.tables[t, idx] = (base << PTE_SHIFT) | pte | PTE_HUGE
+        m.proc[pid, P_RESIDENT] += huge_span
+        m.pctr[pid, C_MINOR] += 1
+        return base + (vpn & (huge_span - 1)), tv | (base << TV_SHIFT) | TV_HUGE, 0
+    f = take_frame(m, pid, True)
+    if f < 0:
+        m.st[S_FAULT_VPN] = vpn
+        return -1, -1, STOP_OOM
+    # evictions change only present entries: this one is as the walk left it
+    e = m.tables[t, idx]
+    if e & PTE_SWAPPED:
+        slot = e >> PTE_SHIFT
+        m.fi64[G_TOKEN, f] = m.swap_token[slot]
+        m.fi32[F_SLOT, f] = slot  # the swap copy stays current while the page is clean
+        m.proc[pid, P_SWAPPED] -= 1
+        m.pctr[pid, C_MAJOR] += 1
+    else:
+        m.fi64[G_TOKEN, f] = 0
+        m.fi32[F_SLOT, f] = -1
+        m.pctr[pid, C_MINOR] += 1
+    m.fi32[F_OWNER, f] = pid
+    m.fi32[F_FLAGS, f] = 0
+    m.fi64[G_VPN, f] = vpn
+    m.fi64[G_RMAP, f] = (t << RMAP_SHIFT) | idx
+    list_append(m.lists, m.fi32, list_id(m, pid), f)
+    m.tables[t, idx] = (f << PTE_SHIFT) | pte
+    m.proc[pid, P_RESIDENT] += 1
+    return f, tv | (f << TV_SHIFT), 0
+
+
+@kernel
 def run_batch(
     m: Machine,
     pid: int,
@@ -556,21 +648,32 @@ def run_batch(
     lid = list_id(m, pid)
     root = m.proc[pid, P_ROOT]
     use_opt = policy == POLICY_OPT
+    is_lru = policy == POLICY_LRU
     tags, vals, stamps, st = m.tlb_tags, m.tlb_vals, m.tlb_stamps, m.st
+    tables, fi32, fi64, lists = m.tables, m.fi32, m.fi64, m.lists
+    shifts, masks = m.shifts, m.masks
     tsets = (m.cfg[K_TLB1_SETS], m.cfg[K_TLB2_SETS])
     tways = (m.cfg[K_TLB1_WAYS], m.cfg[K_TLB2_WAYS])
+    # the batch's own counters, added to pctr[pid] when it stops
+    n_writes = 0
+    l1_hits = 0
+    l2_hits = 0
+    walks = 0
+    refs = 0
+    dirty_updates = 0
 
-    if tlb_levels > 0 and m.cfg[K_FLUSH_ON_SWITCH] != 0 and m.st[S_LAST_ASID] != pid:
+    if tlb_levels > 0 and m.cfg[K_FLUSH_ON_SWITCH] != 0 and st[S_LAST_ASID] != pid:
         tlb_flush_asid(m, -1)
-        m.st[S_TLB_FLUSHES] += 1
-    m.st[S_LAST_ASID] = pid
+        st[S_TLB_FLUSHES] += 1
+    st[S_LAST_ASID] = pid
 
+    stop = end
+    reason = STOP_DONE
     for i in range(start, end):
         vpn = vpns[i]
         w = writes[i] != 0
         val = -1
-        l1_hit = 0
-        l2_hit = 0
+        hit_level = -1
         # --- TLB lookup, level by level: the base-page tag, then the huge-page tag
         for lvl in range(tlb_levels):
             sets, ways = tsets[lvl], tways[lvl]
@@ -580,18 +683,11 @@ def run_batch(
                 tag, key = tlb_key(pid, vpn, True, huge_shift)
                 val = tlb_probe(tags, vals, stamps, st, lvl, sets, ways, tag, key)
             if val >= 0:
-                if lvl == 0:
-                    l1_hit = 1
-                else:
-                    l2_hit = 1
-                    # refill the first level
+                hit_level = lvl
+                if lvl > 0:  # refill the first level
                     tlb_fill(tags, vals, stamps, st, 0, tsets[0], tways[0], tag, key, val)
                 break
 
-        fault_minor = 0
-        fault_major = 0
-        refs = 0
-        dirty_update = 0
         loaded = False
         if val >= 0:
             pfn = val >> TV_SHIFT
@@ -599,149 +695,98 @@ def run_batch(
                 pfn += vpn & (huge_span - 1)
             if w:
                 if (val & TV_WRITABLE) == 0:
-                    return i, segfault(m, vpn, SEGV_READ_ONLY)
+                    stop, reason = i, segfault(m, vpn, SEGV_READ_ONLY)
+                    break
                 if (val & TV_DIRTY) == 0:
                     # the MMU sets the PTE's dirty bit on the first write through this entry
-                    t, idx, _ = find_leaf(m, root, vpn)
-                    m.tables[t, idx] |= PTE_DIRTY
+                    where = fi64[G_RMAP, pfn]
+                    tables[where >> RMAP_SHIFT, where & ((1 << RMAP_SHIFT) - 1)] |= PTE_DIRTY
                     tag, key = tlb_key(pid, vpn, (val & TV_HUGE) != 0, huge_shift)
                     tlb_mark_dirty(m, tag, key)
-                    dirty_update = 1
+                    dirty_updates += 1
         else:
             # --- page walk: one memory reference per level read
             t = root
             e = 0
             idx = 0
             lvl = 0
+            n_refs = 0
             while True:
-                idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
-                e = m.tables[t, idx]
-                refs += 1
+                idx = (vpn >> shifts[lvl]) & masks[lvl]
+                e = tables[t, idx]
+                n_refs += 1
                 if (e & PTE_PRESENT) == 0 or lvl == levels - 1 or (e & PTE_HUGE) != 0:
                     break
-                t = table_of(m.fi64, e)
+                t = fi64[G_VPN, e >> PTE_SHIFT]  # the next level's table page
                 lvl += 1
             if e & PTE_PRESENT:
                 if w and (e & PTE_WRITABLE) == 0:
-                    return i, segfault(m, vpn, SEGV_READ_ONLY)
+                    stop, reason = i, segfault(m, vpn, SEGV_READ_ONLY)
+                    break
                 huge = (e & PTE_HUGE) != 0
                 base = e >> PTE_SHIFT
                 pfn = base + (vpn & (huge_span - 1)) if huge else base
-                m.tables[t, idx] = e | PTE_ACCESSED | (PTE_DIRTY if w else 0)
+                tables[t, idx] = e | PTE_ACCESSED | (PTE_DIRTY if w else 0)
                 tv = (base << TV_SHIFT) | (TV_WRITABLE if e & PTE_WRITABLE else 0)
                 tv |= TV_DIRTY if (w or (e & PTE_DIRTY)) else 0
                 tv |= TV_HUGE if huge else 0
             else:
-                # --- page fault
-                r = find_region(m, pid, vpn)
-                if r < 0:
-                    return i, segfault(m, vpn, SEGV_NO_REGION)
-                rflags = m.regions[r, R_FLAGS]
-                writable = (rflags & REG_WRITABLE) != 0
-                if w and not writable:
-                    return i, segfault(m, vpn, SEGV_READ_ONLY)
-                huge = (rflags & REG_HUGE) != 0
-                leaf_level = levels - 2 if huge else levels - 1
-                if not table_room(m, missing_tables(m, root, vpn, leaf_level)):
-                    return i, STOP_NEED_TABLES
-                if huge and m.st[S_HUGE_TOP] == 0:
-                    m.st[S_FAULT_VPN] = vpn
-                    return i, STOP_SIGBUS
-                t, idx = build_path(m, pid, vpn, leaf_level)
-                if t < 0:
-                    m.st[S_FAULT_VPN] = vpn
-                    return i, STOP_OOM
-                pte = PTE_PRESENT | PTE_USER | PTE_ACCESSED
-                pte |= PTE_WRITABLE if writable else 0
-                pte |= PTE_DIRTY if w else 0
-                if huge:
-                    # a huge page from the pool: pinned, never on a replacement list
-                    m.st[S_HUGE_TOP] -= 1
-                    base = m.huge_free[m.st[S_HUGE_TOP]]
-                    hvpn = vpn - (vpn & (huge_span - 1))
-                    for k in range(huge_span):
-                        m.fi32[F_OWNER, base + k] = pid
-                        m.fi32[F_FLAGS, base + k] = FR_HUGE | FR_PINNED
-                        m.fi64[G_VPN, base + k] = hvpn + k
-                        m.fi64[G_TOKEN, base + k] = 0
-                    m.tables[t, idx] = (base << PTE_SHIFT) | pte | PTE_HUGE
-                    m.proc[pid, P_RESIDENT] += huge_span
-                    pfn = base + (vpn & (huge_span - 1))
-                    fault_minor = 1
-                    tv = (base << TV_SHIFT) | TV_HUGE
-                else:
-                    f = take_frame(m, pid, True)
-                    if f < 0:
-                        m.st[S_FAULT_VPN] = vpn
-                        return i, STOP_OOM
-                    # evictions change only present entries: this one is as it was
-                    e = m.tables[t, idx]
-                    if e & PTE_SWAPPED:
-                        slot = e >> PTE_SHIFT
-                        m.fi64[G_TOKEN, f] = m.swap_token[slot]
-                        m.fi32[F_SLOT, f] = slot  # the swap copy stays current while clean
-                        m.proc[pid, P_SWAPPED] -= 1
-                        fault_major = 1
-                    else:
-                        m.fi64[G_TOKEN, f] = 0
-                        m.fi32[F_SLOT, f] = -1
-                        fault_minor = 1
-                    m.fi32[F_OWNER, f] = pid
-                    m.fi32[F_FLAGS, f] = 0
-                    m.fi64[G_VPN, f] = vpn
-                    list_append(m.lists, m.fi32, lid, f)
-                    m.tables[t, idx] = (f << PTE_SHIFT) | pte
-                    m.proc[pid, P_RESIDENT] += 1
-                    pfn = f
-                    loaded = True
-                    tv = f << TV_SHIFT
-                tv |= (TV_WRITABLE if writable else 0) | (TV_DIRTY if w else 0)
+                pfn, tv, why = page_fault(m, pid, vpn, w, t, idx, lvl)
+                if pfn < 0:
+                    stop, reason = i, why
+                    break
+                loaded = (tv & TV_HUGE) == 0
+            walks += 1
+            refs += n_refs
             # --- fill the TLB, every level
             tag, key = tlb_key(pid, vpn, (tv & TV_HUGE) != 0, huge_shift)
             for lvl in range(tlb_levels):
                 tlb_fill(tags, vals, stamps, st, lvl, tsets[lvl], tways[lvl], tag, key, tv)
 
         # --- the access itself: policy bookkeeping, referenced/dirty bits, contents
-        flags = m.fi32[F_FLAGS, pfn]
+        flags = fi32[F_FLAGS, pfn]
         if (flags & FR_HUGE) == 0:
             if not loaded:
                 flags |= FR_REFERENCED
-                if policy == POLICY_LRU:
-                    list_remove(m.lists, m.fi32, lid, pfn)
-                    list_append(m.lists, m.fi32, lid, pfn)
+                if is_lru and lists[lid, L_TAIL] != pfn:
+                    list_remove(lists, fi32, lid, pfn)
+                    list_append(lists, fi32, lid, pfn)
             if use_opt:
-                m.fi64[G_NEXT_USE, pfn] = next_use[i]
+                fi64[G_NEXT_USE, pfn] = next_use[i]
         if w:
             flags |= FR_DIRTY
-            m.fi64[G_TOKEN, pfn] = new_token(m.st)
-            slot = m.fi32[F_SLOT, pfn]
+            st[S_TOKEN] += 1
+            fi64[G_TOKEN, pfn] = st[S_TOKEN]
+            n_writes += 1
+            slot = fi32[F_SLOT, pfn]
             if slot >= 0:
                 free_slot(m, slot)  # the swap copy is stale now
-                m.fi32[F_SLOT, pfn] = -1
-        m.fi32[F_FLAGS, pfn] = flags
+                fi32[F_SLOT, pfn] = -1
+        fi32[F_FLAGS, pfn] = flags
+        if hit_level == 0:
+            l1_hits += 1
+        elif hit_level == 1:
+            l2_hits += 1
 
-        # --- counters, committed only now that the access has happened
-        m.pctr[pid, C_ACCESSES] += 1
-        if w:
-            m.pctr[pid, C_WRITES] += 1
-        else:
-            m.pctr[pid, C_READS] += 1
-        if tlb_levels > 0:
-            m.pctr[pid, C_TLB1_HITS] += l1_hit
-            m.pctr[pid, C_TLB1_MISSES] += 1 - l1_hit
-            if tlb_levels > 1 and l1_hit == 0:
-                m.pctr[pid, C_TLB2_HITS] += l2_hit
-                m.pctr[pid, C_TLB2_MISSES] += 1 - l2_hit
-        if refs > 0:
-            m.pctr[pid, C_WALKS] += 1
-            m.pctr[pid, C_WALK_REFS] += refs
-        m.pctr[pid, C_MINOR] += fault_minor
-        m.pctr[pid, C_MAJOR] += fault_major
-        m.pctr[pid, C_DIRTY_UPDATES] += dirty_update
-    return end, STOP_DONE
+    # --- counters of the accesses that happened
+    done = stop - start
+    c = m.pctr
+    c[pid, C_ACCESSES] += done
+    c[pid, C_WRITES] += n_writes
+    c[pid, C_READS] += done - n_writes
+    if tlb_levels > 0:
+        c[pid, C_TLB1_HITS] += l1_hits
+        c[pid, C_TLB1_MISSES] += done - l1_hits
+        if tlb_levels > 1:
+            c[pid, C_TLB2_HITS] += l2_hits
+            c[pid, C_TLB2_MISSES] += done - l1_hits - l2_hits
+    c[pid, C_WALKS] += walks
+    c[pid, C_WALK_REFS] += refs
+    c[pid, C_DIRTY_UPDATES] += dirty_updates
+    return stop, reason
 
 
-@njit(cache=True)
+@kernel
 def kill_process(m: Machine, huge_base: int, pid: int) -> None:
     """End process ``pid``: free its frames, table pages, huge pages and swap slots."""
     span = 1 << m.cfg[K_HUGE_SHIFT]

@@ -26,7 +26,7 @@ are then real pages, and the hypervisor adds the second mapping.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +56,7 @@ from memvirt.dataplane.layout import (
     F_SLOT,
     FR_HUGE,
     FR_TABLE,
+    G_RMAP,
     G_TOKEN,
     G_VPN,
     K_FLUSH_ON_SWITCH,
@@ -95,6 +96,7 @@ from memvirt.dataplane.layout import (
     PTE_WRITABLE,
     REG_HUGE,
     REG_WRITABLE,
+    RMAP_SHIFT,
     S_FAULT_KIND,
     S_FAULT_VPN,
     S_FREE_TOP,
@@ -116,6 +118,7 @@ from memvirt.dataplane.layout import (
     TV_DIRTY,
     TV_SHIFT,
     TV_WRITABLE,
+    seed_state,
 )
 from memvirt.dataplane.state import Machine
 from memvirt.memory.frames import FramePool
@@ -304,7 +307,9 @@ class Kernel:
         self.geometry = geo
         self.policy = get_policy(config.policy)
         huge_shift = geo.shift(geo.levels - 2)
-        self.frames = FramePool(config.frames, config.huge_pages, 1 << huge_shift)
+        self.frames = FramePool(
+            config.frames, config.huge_pages, 1 << huge_shift, self.policy.needs_future
+        )
         self.swap = SwapDevice(config.swap_slots, config.swap_kind)
         self.tlb = TLBArrays(config.tlb)
 
@@ -331,8 +336,7 @@ class Kernel:
         st[S_SWAP_TOP] = config.swap_slots
         st[S_HUGE_TOP] = config.huge_pages
         st[S_LAST_ASID] = -1
-        # xorshift64* must not start at zero; splitmix-style scramble of the seed
-        st[S_RNG] = np.int64(np.uint64(config.seed) * np.uint64(0x9E3779B97F4A7C15) | np.uint64(1))
+        st[S_RNG] = seed_state(config.seed)
         self.st = st
 
         nproc = config.max_processes
@@ -826,7 +830,8 @@ class Kernel:
         """Raise AssertionError when the machine's bookkeeping is inconsistent.
 
         Frames are conserved (free + owned = total); every data frame's
-        back-pointer leads, through its owner's page table, back to it; every
+        back-pointer leads, through its owner's page table, back to it, and
+        its reverse map names the entry that maps it; every
         swapped entry's slot is owned by that process; the lists hold exactly
         the data frames; the per-process counts match the frames.
         """
@@ -870,6 +875,11 @@ class Kernel:
                     f"frame {f} says it holds page {vpn:#x} of process {pid}, "
                     f"whose table maps that page to {walk.pfn}"
                 )
+                where = int(fi64[G_RMAP, f])
+                pte = int(self.tables[where >> RMAP_SHIFT, where & ((1 << RMAP_SHIFT) - 1)])
+                assert pte & PTE_PRESENT and pte >> PTE_SHIFT == f, (
+                    f"frame {f}: its reverse map points at an entry that maps {describe_pte(pte)}"
+                )
                 slot = int(fi32[F_SLOT, f])
                 assert slot < 0 or self.swap.owner[slot] == pid, f"frame {f}: swap-cache slot"
         data_frames = int(
@@ -884,10 +894,10 @@ def kernel_for(frames: int, policy: str = "lru", **kw: object) -> Kernel:
     return Kernel(KernelConfig(frames=frames, policy=policy, **kw))  # type: ignore[arg-type]
 
 
-def regions_covering(vpns: Iterable[int], page_size: int, gap: int = 256) -> list[Region]:
+def regions_covering(vpns: np.ndarray, page_size: int, gap: int = 256) -> list[Region]:
     """Regions that cover the pages ``vpns``: runs of pages split where
     ``gap`` or more pages in a row are untouched (code, heap, stack...)."""
-    uniq = np.unique(np.fromiter(vpns, dtype=np.int64))
+    uniq = np.unique(np.asarray(vpns, dtype=np.int64))
     if uniq.size == 0:
         return []
     breaks = np.flatnonzero(np.diff(uniq) > gap)

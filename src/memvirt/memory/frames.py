@@ -46,6 +46,7 @@ class FramePool:
     nframes: int
     huge_pages: int = 0
     huge_span: int = 512
+    keep_next_use: bool = False  # the opt policy's per-frame next-use row
     fi32: np.ndarray = field(init=False, repr=False)
     fi64: np.ndarray = field(init=False, repr=False)
     free_stack: np.ndarray = field(init=False, repr=False)
@@ -62,7 +63,7 @@ class FramePool:
             )
         self.fi32 = np.full((N_FI32, self.nframes), -1, dtype=np.int32)
         self.fi32[F_FLAGS] = 0
-        self.fi64 = np.zeros((N_FI64, self.nframes), dtype=np.int64)
+        self.fi64 = np.zeros((N_FI64 + int(self.keep_next_use), self.nframes), dtype=np.int64)
         self.fi64[G_VPN] = -1
         # huge pages: aligned blocks at the top of memory
         top = self.nframes - self.nframes % self.huge_span if huge_frames else self.nframes
