@@ -1,21 +1,27 @@
-"""Replay speed: memvirt against libCacheSim on one Zipf trace.
+"""Replay speed: memvirt's three replay paths against libCacheSim on one Zipf trace.
 
 For each of lru, fifo and clock the same trace is run by libCacheSim
-(``process_trace`` over a raw uint64 file) and by memvirt's ``replay`` without
-a TLB, interleaved (libCacheSim, memvirt, libCacheSim, memvirt, ...), and the
-miss counts of the two must be identical. Then memvirt runs LRU again with its
-default two-level TLB, and the first-run compile time of the data plane is
-measured in fresh subprocesses (cold and warm numba cache).
+(``process_trace`` over a raw uint64 file) and by memvirt's ``replay`` in
+three ways, interleaved (lcs, flat, radix, radix+tlb, lcs, flat, ...):
+
+- flat: replacement alone, a flat page-to-frame map (``page_tables=False``,
+  ``tlb=None``), the experiment libCacheSim runs; its faults must equal
+  libCacheSim's misses, and flat / libCacheSim is the headline ratio;
+- radix: 4-level page tables walked on every access (``tlb=None``);
+- radix+tlb: page tables behind the default two-level TLB.
+
+The three paths must count the same faults. The first-run compile time of
+the data plane is measured in fresh subprocesses (cold and warm numba cache).
 
 Rates are requests (accesses) per second of simulation: libCacheSim's is the
 wall time of ``process_trace``; memvirt's is ``ReplayResult.seconds``, the
-wall time of the access loop only (building the kernel and its page tables
-is excluded, and reported apart as ``wall_seconds``).
+wall time of the access loop only (building the kernel, its page tables or
+the flat map is excluded, and kept apart as ``wall_seconds``).
 
     python benchmarks/bench_replay.py --json out/bench_replay.json
-    python benchmarks/bench_replay.py --accesses 200000 --pages 20000 --frames 2000 --repeat 1
+    python benchmarks/bench_replay.py --accesses 300000 --pages 30000 --frames 3000 --repeat 1
 
-The exit status is 1 when a miss count differs, 0 otherwise.
+The exit status is 1 when a miss or fault count differs, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DEFAULT_CACHE = HERE / ".cache"
 POLICIES = ("lru", "fifo", "clock")
+# memvirt's replay paths: name -> (label, ReplayOptions keywords besides frames and policy).
+# An absent "tlb" keyword means the default two-level TLB.
+PATHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "flat": ("flat", {"tlb": None, "page_tables": False}),
+    "radix": ("radix", {"tlb": None}),
+    "tlb": ("radix+tlb", {}),
+}
 TRACE_VERSION = 1  # bump when the generator changes, so old cached files are not reused
 
 COMPILE_SNIPPET = (
@@ -143,14 +156,10 @@ def run_lcs(lcs: Any, path: Path, policy: str, frames: int, n: int) -> dict[str,
     }
 
 
-def run_memvirt(trace: Any, policy: str, frames: int, tlb: bool) -> dict[str, Any]:
+def run_memvirt(trace: Any, policy: str, frames: int, path: str) -> dict[str, Any]:
     from memvirt.replay import ReplayOptions, replay
 
-    opts = (
-        ReplayOptions(frames=frames, policy=policy)
-        if tlb
-        else ReplayOptions(frames=frames, policy=policy, tlb=None)
-    )
+    opts = ReplayOptions(frames=frames, policy=policy, **PATHS[path][1])
     t = time.perf_counter()
     res = replay(trace, opts)
     wall = time.perf_counter() - t
@@ -160,14 +169,11 @@ def run_memvirt(trace: Any, policy: str, frames: int, tlb: bool) -> dict[str, An
         "seconds": res.seconds,
         "wall_seconds": wall,
         "rate": c["accesses"] / res.seconds,
-        "table_pages": res.table_pages,
     }
-    if tlb:
-        out.update(
-            tlb_l1_misses=c["tlb_l1_misses"],
-            tlb_misses=c["tlb_misses"],
-            walks=c["walks"],
-        )
+    if path != "flat":
+        out.update(table_pages=res.table_pages, walks=c["walks"])
+    if path == "tlb":
+        out.update(tlb_l1_misses=c["tlb_l1_misses"], tlb_misses=c["tlb_misses"])
     return out
 
 
@@ -202,12 +208,13 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def fmt_rate(x: float) -> str:
-    return f"{x / 1e6:8.2f} M/s"
+def fmt_mps(x: float) -> str:
+    return f"{x / 1e6:.2f}"
 
 
 def print_report(res: dict[str, Any]) -> None:
     cfg = res["config"]
+    paths: list[str] = cfg["paths"]
     print()
     print(
         f"Zipf(alpha={cfg['alpha']:g}) trace: {cfg['accesses']:,} accesses over "
@@ -215,38 +222,34 @@ def print_report(res: dict[str, Any]) -> None:
         f"{cfg['frames']:,} frames, {cfg['repeat']} interleaved repeats, "
         f"{cfg['cpu_count']} CPUs"
     )
+    print("medians of requests/s of simulation; ratios are medians of pairwise ratios")
     print()
-    head = (
-        f"{'policy':<7} {'lcs misses':>12} {'memvirt faults':>15} {'match':>6} "
-        f"{'lcs median':>13} {'memvirt median':>15} {'ratio mv/lcs':>13}"
-    )
+    cols = [("lcs M/s", 8)] + [(f"{PATHS[k][0]} M/s", 9) for k in PATHS]
+    cols += [("flat/lcs", 8), ("misses equal?", 13)]
+    head = f"{'policy':<7}" + "".join(f" {name:>{max(w, len(name))}}" for name, w in cols)
     print(head)
     print("-" * len(head))
     for p, r in res["policies"].items():
-        lm, mm = r["libcachesim"]["misses"][0], r["memvirt"]["misses"][0]
+        cells = [fmt_mps(r["libcachesim"]["median_rate"])]
+        for k in PATHS:
+            cells.append(fmt_mps(r["paths"][k]["median_rate"]) if k in paths else "-")
+        cells.append(f"{r['median_ratio']:.3f}x" if r["median_ratio"] is not None else "-")
+        cells.append(f"{'yes' if r['misses_match'] else 'NO'} {r['libcachesim']['misses'][0]:,}")
         print(
-            f"{p:<7} {lm:>12,} {mm:>15,} {'yes' if r['misses_match'] else 'NO':>6} "
-            f"{fmt_rate(r['libcachesim']['median_rate']):>13} "
-            f"{fmt_rate(r['memvirt']['median_rate']):>15} "
-            f"{r['median_ratio']:>12.3f}x"
+            f"{p:<7}"
+            + "".join(
+                f" {c:>{max(w, len(name))}}" for c, (name, w) in zip(cells, cols, strict=True)
+            )
         )
     print()
-    print("per-run ratios (memvirt/libcachesim):")
+    print("ratios to lcs, median (per run):")
     for p, r in res["policies"].items():
-        print(f"  {p:<6} " + "  ".join(f"{x:.3f}" for x in r["ratios"]))
-    print("memvirt end to end (replay() call, incl. building the kernel and page tables):")
-    n = cfg["accesses"]
-    for p, r in res["policies"].items():
-        print(f"  {p:<6} {fmt_rate(n / med(r['memvirt']['wall_seconds'])).strip()} median")
-    if "tlb" in res:
-        t = res["tlb"]
-        print()
-        print(
-            f"memvirt lru with page tables + default TLB (64x4 L1, 1536x12 L2): "
-            f"{fmt_rate(t['median_rate']).strip()} median "
-            f"(runs: {', '.join(fmt_rate(x).strip() for x in t['rates'])}); "
-            f"faults {t['misses'][0]:,}, TLB misses {t['tlb_misses']:,}"
-        )
+        parts = [
+            f"{PATHS[k][0]} {r['paths'][k]['median_ratio']:.3f}"
+            f" ({' '.join(f'{x:.3f}' for x in r['paths'][k]['ratios'])})"
+            for k in paths
+        ]
+        print(f"  {p:<6} " + "  ".join(parts))
     if "compile" in res:
         c = res["compile"]
         print()
@@ -275,7 +278,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--json", type=Path, metavar="OUT", help="write all figures here")
-    ap.add_argument("--no-tlb", action="store_true", help="skip the TLB-on run")
+    ap.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help="comma-separated memvirt paths out of flat,radix,tlb (tlb: radix+tlb)",
+    )
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time runs")
     args = ap.parse_args(argv)
     if min(args.accesses, args.pages, args.frames, args.repeat) < 1:
@@ -283,6 +290,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if bad := set(args.policies) - set(POLICIES):
         ap.error(f"unknown policies {sorted(bad)}; choose from {POLICIES}")
+    chosen = {p.strip() for p in args.paths.split(",") if p.strip()}
+    if bad := chosen - set(PATHS):
+        ap.error(f"unknown paths {sorted(bad)}; choose from {tuple(PATHS)}")
+    if not chosen:
+        ap.error("--paths needs at least one of flat,radix,tlb")
+    args.paths = [k for k in PATHS if k in chosen]  # always in the order flat, radix, tlb
     return args
 
 
@@ -297,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from memvirt.replay import ReplayOptions, replay, warm_up
     from memvirt.traces.model import Trace
 
+    labels = {k: PATHS[k][0] for k in args.paths}
     res: dict[str, Any] = {
         "config": {
             "accesses": args.accesses,
@@ -305,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "alpha": args.alpha,
             "seed": args.seed,
+            "paths": args.paths,
+            "path_options": {k: PATHS[k][1] for k in args.paths},
+            "tlb": "default: L1 64 entries 4-way, L2 1536 entries 12-way",
             "python": platform.python_version(),
             "numpy": np.__version__,
             "numba": numba.__version__,
@@ -312,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "memvirt": getattr(memvirt, "__version__", None),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
-            "order": "interleaved libcachesim, memvirt per repeat",
+            "order": "interleaved per repeat: libcachesim, " + ", ".join(labels.values()),
         }
     }
 
@@ -326,68 +343,81 @@ def main(argv: list[str] | None = None) -> int:
     warm_up()
     tiny = Trace.from_pages([1, 2, 3, 1, 4, 1, 5, 2])
     for p in args.policies:
-        replay(tiny, ReplayOptions(frames=3, policy=p, tlb=None))
-        replay(tiny, ReplayOptions(frames=3, policy=p))
+        for k in args.paths:
+            replay(tiny, ReplayOptions(frames=3, policy=p, **PATHS[k][1]))
     res["in_process_warm_up_seconds"] = time.perf_counter() - t
 
     mismatch = False
     res["policies"] = {}
     for p in args.policies:
-        sides: dict[str, dict[str, list[Any]]] = {
-            "libcachesim": {"misses": [], "seconds": [], "rates": []},
-            "memvirt": {"misses": [], "seconds": [], "rates": [], "wall_seconds": []},
-        }
-        for _ in range(args.repeat):
+        lcs_runs: dict[str, list[Any]] = {"misses": [], "seconds": [], "rates": []}
+        mv_runs: dict[str, list[dict[str, Any]]] = {k: [] for k in args.paths}
+        for i in range(args.repeat):
             a = run_lcs(lcs, raw, p, args.frames, args.accesses)
-            b = run_memvirt(trace, p, args.frames, tlb=False)
-            for side, r in (("libcachesim", a), ("memvirt", b)):
-                for k in sides[side]:
-                    sides[side][k].append(r["rate" if k == "rates" else k])
-            print(
-                f"  {p:<6} libcachesim {a['misses']:>10,} misses {fmt_rate(a['rate'])} | "
-                f"memvirt {b['misses']:>10,} faults {fmt_rate(b['rate'])}",
-                flush=True,
-            )
-        ratios = [
-            m / c
-            for m, c in zip(sides["memvirt"]["rates"], sides["libcachesim"]["rates"], strict=True)
-        ]
-        lm, mm = sides["libcachesim"]["misses"], sides["memvirt"]["misses"]
-        match = len(set(lm)) == 1 and lm == mm
-        if not match:
+            lcs_runs["misses"].append(a["misses"])
+            lcs_runs["seconds"].append(a["seconds"])
+            lcs_runs["rates"].append(a["rate"])
+            line = f"  {p:<6} #{i + 1} lcs {a['rate'] / 1e6:7.2f} M/s {a['misses']:>10,} misses"
+            for k in args.paths:
+                b = run_memvirt(trace, p, args.frames, k)
+                mv_runs[k].append(b)
+                line += f" | {labels[k]} {b['rate'] / 1e6:7.2f} M/s {b['misses']:>10,}"
+            print(line, flush=True)
+
+        lm = lcs_runs["misses"]
+        paths_out: dict[str, Any] = {}
+        for k, runs in mv_runs.items():
+            rates = [r["rate"] for r in runs]
+            ratios = [m / c for m, c in zip(rates, lcs_runs["rates"], strict=True)]
+            paths_out[k] = {
+                "label": labels[k],
+                "misses": [r["misses"] for r in runs],
+                "seconds": [r["seconds"] for r in runs],
+                "wall_seconds": [r["wall_seconds"] for r in runs],
+                "rates": rates,
+                "median_rate": med(rates),
+                "ratios": ratios,  # this path / libcachesim, per repeat
+                "median_ratio": med(ratios),
+                # counters other than faults, from the first run (they do not vary)
+                **{
+                    c: v
+                    for c, v in runs[0].items()
+                    if c not in ("misses", "seconds", "wall_seconds", "rate")
+                },
+            }
+        # Faults of every memvirt path (every repeat) against each other ...
+        all_faults = {m for k in args.paths for m in paths_out[k]["misses"]}
+        paths_equal = len(all_faults) == 1
+        # ... and against libCacheSim (flat is the comparable one; the other paths
+        # count the same faults by design, so they stand in when flat is skipped).
+        first = args.paths[0]
+        lcs_equal = len(set(lm)) == 1 and lm == paths_out[first]["misses"]
+        if not paths_equal:
             mismatch = True
+            detail = ", ".join(f"{labels[k]} {paths_out[k]['misses']}" for k in args.paths)
             print(
-                f"\n!!!!!!!! MISMATCH ({p}): libcachesim misses {lm} != memvirt faults {mm} "
+                f"\n!!!!!!!! MISMATCH ({p}): memvirt paths count different faults: {detail} "
                 "!!!!!!!!\n",
                 file=sys.stderr,
                 flush=True,
             )
+        if not lcs_equal:
+            mismatch = True
+            print(
+                f"\n!!!!!!!! MISMATCH ({p}): libcachesim misses {lm} != memvirt "
+                f"{labels[first]} faults {paths_out[first]['misses']} !!!!!!!!\n",
+                file=sys.stderr,
+                flush=True,
+            )
         res["policies"][p] = {
-            **{side: {**v, "median_rate": med(v["rates"])} for side, v in sides.items()},
-            "ratios": ratios,
-            "median_ratio": med(ratios),
-            "misses_match": match,
+            "libcachesim": {**lcs_runs, "median_rate": med(lcs_runs["rates"])},
+            "paths": paths_out,
+            # the headline: flat / libcachesim, median of the pairwise ratios
+            "median_ratio": paths_out["flat"]["median_ratio"] if "flat" in paths_out else None,
+            "faults_equal_lcs": lcs_equal,
+            "faults_equal_paths": paths_equal,
+            "misses_match": lcs_equal and paths_equal,
         }
-
-    if not args.no_tlb:
-        runs = [run_memvirt(trace, "lru", args.frames, tlb=True) for _ in range(args.repeat)]
-        rates = [r["rate"] for r in runs]
-        res["tlb"] = {
-            "policy": "lru",
-            "tlb": "default: L1 64 entries 4-way, L2 1536 entries 12-way",
-            "rates": rates,
-            "median_rate": med(rates),
-            "seconds": [r["seconds"] for r in runs],
-            "wall_seconds": [r["wall_seconds"] for r in runs],
-            "misses": [r["misses"] for r in runs],
-            "tlb_misses": runs[0]["tlb_misses"],
-            "tlb_l1_misses": runs[0]["tlb_l1_misses"],
-            "walks": runs[0]["walks"],
-            "table_pages": runs[0]["table_pages"],
-        }
-        if "lru" in res["policies"]:
-            lru_faults = res["policies"]["lru"]["memvirt"]["misses"][0]
-            res["tlb"]["faults_equal_tlb_off"] = all(m == lru_faults for m in res["tlb"]["misses"])
 
     if not args.no_compile:
         res["compile"] = compile_times()
@@ -399,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {args.json}")
     if mismatch:
-        print("MISMATCH: miss counts differ, see above", file=sys.stderr)
+        print("MISMATCH: miss or fault counts differ, see above", file=sys.stderr)
         return 1
     return 0
 

@@ -1,7 +1,8 @@
 """Where each field of the simulated machine lives in the data plane's arrays.
 
-The data plane keeps state as a struct of arrays, not one Python object per
-page: ``fi32[FIELD, pfn]`` and ``fi64[FIELD, pfn]`` for frames,
+The data plane keeps state in arrays, not one Python object per page:
+``fi32[pfn, FIELD]`` and ``fi64[pfn, FIELD]`` for frames (a frame's fields
+side by side, so that one access touches few cache lines),
 ``proc[pid, FIELD]`` for processes, ``pctr[pid, COUNTER]`` for per-process
 counters, ``st[FIELD]`` for scalars and ``cfg[FIELD]`` for the configuration.
 The numba kernels read these module-level integers as compile-time constants.

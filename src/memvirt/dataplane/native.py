@@ -139,17 +139,17 @@ def rng_next(st: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------------------
-# replacement lists: doubly linked through fi32[F_PREV], fi32[F_NEXT]
+# replacement lists: doubly linked through fi32[:, F_PREV], fi32[:, F_NEXT]
 
 
 @inlined
 def list_append(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
     """Put frame ``f`` at the tail (most recent end) of list ``lid``."""
     tail = lists[lid, L_TAIL]
-    fi32[F_PREV, f] = tail
-    fi32[F_NEXT, f] = -1
+    fi32[f, F_PREV] = tail
+    fi32[f, F_NEXT] = -1
     if tail >= 0:
-        fi32[F_NEXT, tail] = f
+        fi32[tail, F_NEXT] = f
     else:
         lists[lid, L_HEAD] = f
     lists[lid, L_TAIL] = f
@@ -159,18 +159,18 @@ def list_append(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
 @inlined
 def list_remove(lists: np.ndarray, fi32: np.ndarray, lid: int, f: int) -> None:
     """Unlink frame ``f`` from list ``lid``."""
-    p = fi32[F_PREV, f]
-    n = fi32[F_NEXT, f]
+    p = fi32[f, F_PREV]
+    n = fi32[f, F_NEXT]
     if p >= 0:
-        fi32[F_NEXT, p] = n
+        fi32[p, F_NEXT] = n
     else:
         lists[lid, L_HEAD] = n
     if n >= 0:
-        fi32[F_PREV, n] = p
+        fi32[n, F_PREV] = p
     else:
         lists[lid, L_TAIL] = p
-    fi32[F_PREV, f] = -1
-    fi32[F_NEXT, f] = -1
+    fi32[f, F_PREV] = -1
+    fi32[f, F_NEXT] = -1
     lists[lid, L_SIZE] -= 1
 
 
@@ -292,7 +292,7 @@ def tlb_flush_asid(m: Machine, pid: int) -> None:
 @kernel
 def table_of(fi64: np.ndarray, entry: int) -> int:
     """The table index of the table page a non-leaf entry points to."""
-    return fi64[G_VPN, entry >> PTE_SHIFT]
+    return fi64[entry >> PTE_SHIFT, G_VPN]
 
 
 @kernel
@@ -337,10 +337,10 @@ def install_table(m: Machine, pid: int, f: int) -> int:
     nt = alloc_table(m)
     m.tables[nt, :] = 0
     m.table_frame[nt] = f
-    m.fi32[F_OWNER, f] = pid
-    m.fi32[F_FLAGS, f] = FR_TABLE | FR_PINNED
-    m.fi64[G_VPN, f] = nt
-    m.fi64[G_TOKEN, f] = 0
+    m.fi32[f, F_OWNER] = pid
+    m.fi32[f, F_FLAGS] = FR_TABLE | FR_PINNED
+    m.fi64[f, G_VPN] = nt
+    m.fi64[f, G_TOKEN] = 0
     m.proc[pid, P_TABLES] += 1
     m.pctr[pid, C_TABLE_ALLOCS] += 1
     return nt
@@ -401,8 +401,8 @@ def pick_victim(m: Machine, lid: int) -> int:
         # second chance: a referenced page at the head loses its bit and goes to the tail
         while True:
             f = m.lists[lid, L_HEAD]
-            if m.fi32[F_FLAGS, f] & FR_REFERENCED:
-                m.fi32[F_FLAGS, f] &= ~FR_REFERENCED
+            if m.fi32[f, F_FLAGS] & FR_REFERENCED:
+                m.fi32[f, F_FLAGS] &= ~FR_REFERENCED
                 list_remove(m.lists, m.fi32, lid, f)
                 list_append(m.lists, m.fi32, lid, f)
             else:
@@ -411,7 +411,7 @@ def pick_victim(m: Machine, lid: int) -> int:
         k = rng_next(m.st) % size
         f = m.lists[lid, L_HEAD]
         for _ in range(k):
-            f = m.fi32[F_NEXT, f]
+            f = m.fi32[f, F_NEXT]
         return f
     if policy == POLICY_OPT:
         best = -1
@@ -419,13 +419,13 @@ def pick_victim(m: Machine, lid: int) -> int:
         best_vpn = 0
         f = m.lists[lid, L_HEAD]
         while f >= 0:
-            use = m.fi64[G_NEXT_USE, f]
-            vpn = m.fi64[G_VPN, f]
+            use = m.fi64[f, G_NEXT_USE]
+            vpn = m.fi64[f, G_VPN]
             if use > best_use or (use == best_use and vpn < best_vpn):
                 best = f
                 best_use = use
                 best_vpn = vpn
-            f = m.fi32[F_NEXT, f]
+            f = m.fi32[f, F_NEXT]
         return best
     # fifo and lru: the head is the oldest loaded / least recently used
     return m.lists[lid, L_HEAD]
@@ -434,13 +434,13 @@ def pick_victim(m: Machine, lid: int) -> int:
 @inlined
 def free_frame(m: Machine, f: int) -> None:
     """Clear frame ``f``'s metadata and put it back on the free stack."""
-    m.fi32[F_OWNER, f] = -1
-    m.fi32[F_FLAGS, f] = 0
-    m.fi32[F_SLOT, f] = -1
-    m.fi32[F_PREV, f] = -1
-    m.fi32[F_NEXT, f] = -1
-    m.fi64[G_VPN, f] = -1
-    m.fi64[G_TOKEN, f] = 0
+    m.fi32[f, F_OWNER] = -1
+    m.fi32[f, F_FLAGS] = 0
+    m.fi32[f, F_SLOT] = -1
+    m.fi32[f, F_PREV] = -1
+    m.fi32[f, F_NEXT] = -1
+    m.fi64[f, G_VPN] = -1
+    m.fi64[f, G_TOKEN] = 0
     m.free_stack[m.st[S_FREE_TOP]] = f
     m.st[S_FREE_TOP] += 1
 
@@ -465,23 +465,23 @@ def evict(m: Machine, lid: int) -> bool:
     f = pick_victim(m, lid)
     if f < 0:
         return False
-    q = m.fi32[F_OWNER, f]
-    vpn = m.fi64[G_VPN, f]
-    flags = m.fi32[F_FLAGS, f]
-    slot = m.fi32[F_SLOT, f]
+    q = m.fi32[f, F_OWNER]
+    vpn = m.fi64[f, G_VPN]
+    flags = m.fi32[f, F_FLAGS]
+    slot = m.fi32[f, F_SLOT]
     if flags & FR_DIRTY:
         if m.st[S_SWAP_TOP] == 0:
             return False
         m.st[S_SWAP_TOP] -= 1
         slot = m.swap_free[m.st[S_SWAP_TOP]]
-        m.swap_token[slot] = m.fi64[G_TOKEN, f]
+        m.swap_token[slot] = m.fi64[f, G_TOKEN]
         m.swap_owner[slot] = q
         m.pctr[q, C_WRITEBACKS] += 1
     elif slot >= 0:
         m.pctr[q, C_CLEAN_DROPS] += 1
     else:
         m.pctr[q, C_ZERO_DROPS] += 1
-    where = m.fi64[G_RMAP, f]
+    where = m.fi64[f, G_RMAP]
     t = where >> RMAP_SHIFT
     idx = where & ((1 << RMAP_SHIFT) - 1)
     if slot >= 0:
@@ -587,11 +587,11 @@ def page_fault(
         base = m.huge_free[m.st[S_HUGE_TOP]]
         hvpn = vpn - (vpn & (huge_span - 1))
         for k in range(huge_span):
-            m.fi32[F_OWNER, base + k] = pid
-            m.fi32[F_FLAGS, base + k] = FR_HUGE | FR_PINNED
-            m.fi64[G_VPN, base + k] = hvpn + k
-            m.fi64[G_TOKEN, base + k] = 0
-            m.fi64[G_RMAP, base + k] = (t << RMAP_SHIFT) | idx
+            m.fi32[base + k, F_OWNER] = pid
+            m.fi32[base + k, F_FLAGS] = FR_HUGE | FR_PINNED
+            m.fi64[base + k, G_VPN] = hvpn + k
+            m.fi64[base + k, G_TOKEN] = 0
+            m.fi64[base + k, G_RMAP] = (t << RMAP_SHIFT) | idx
         m.tables[t, idx] = (base << PTE_SHIFT) | pte | PTE_HUGE
         m.proc[pid, P_RESIDENT] += huge_span
         m.pctr[pid, C_MINOR] += 1
@@ -604,18 +604,18 @@ def page_fault(
     e = m.tables[t, idx]
     if e & PTE_SWAPPED:
         slot = e >> PTE_SHIFT
-        m.fi64[G_TOKEN, f] = m.swap_token[slot]
-        m.fi32[F_SLOT, f] = slot  # the swap copy stays current while the page is clean
+        m.fi64[f, G_TOKEN] = m.swap_token[slot]
+        m.fi32[f, F_SLOT] = slot  # the swap copy stays current while the page is clean
         m.proc[pid, P_SWAPPED] -= 1
         m.pctr[pid, C_MAJOR] += 1
     else:
-        m.fi64[G_TOKEN, f] = 0
-        m.fi32[F_SLOT, f] = -1
+        m.fi64[f, G_TOKEN] = 0
+        m.fi32[f, F_SLOT] = -1
         m.pctr[pid, C_MINOR] += 1
-    m.fi32[F_OWNER, f] = pid
-    m.fi32[F_FLAGS, f] = 0
-    m.fi64[G_VPN, f] = vpn
-    m.fi64[G_RMAP, f] = (t << RMAP_SHIFT) | idx
+    m.fi32[f, F_OWNER] = pid
+    m.fi32[f, F_FLAGS] = 0
+    m.fi64[f, G_VPN] = vpn
+    m.fi64[f, G_RMAP] = (t << RMAP_SHIFT) | idx
     list_append(m.lists, m.fi32, list_id(m, pid), f)
     m.tables[t, idx] = (f << PTE_SHIFT) | pte
     m.proc[pid, P_RESIDENT] += 1
@@ -699,7 +699,7 @@ def run_batch(
                     break
                 if (val & TV_DIRTY) == 0:
                     # the MMU sets the PTE's dirty bit on the first write through this entry
-                    where = fi64[G_RMAP, pfn]
+                    where = fi64[pfn, G_RMAP]
                     tables[where >> RMAP_SHIFT, where & ((1 << RMAP_SHIFT) - 1)] |= PTE_DIRTY
                     tag, key = tlb_key(pid, vpn, (val & TV_HUGE) != 0, huge_shift)
                     tlb_mark_dirty(m, tag, key)
@@ -717,7 +717,7 @@ def run_batch(
                 n_refs += 1
                 if (e & PTE_PRESENT) == 0 or lvl == levels - 1 or (e & PTE_HUGE) != 0:
                     break
-                t = fi64[G_VPN, e >> PTE_SHIFT]  # the next level's table page
+                t = fi64[e >> PTE_SHIFT, G_VPN]  # the next level's table page
                 lvl += 1
             if e & PTE_PRESENT:
                 if w and (e & PTE_WRITABLE) == 0:
@@ -726,7 +726,9 @@ def run_batch(
                 huge = (e & PTE_HUGE) != 0
                 base = e >> PTE_SHIFT
                 pfn = base + (vpn & (huge_span - 1)) if huge else base
-                tables[t, idx] = e | PTE_ACCESSED | (PTE_DIRTY if w else 0)
+                updated = e | PTE_ACCESSED | (PTE_DIRTY if w else 0)
+                if updated != e:  # the walker writes the entry only when a bit changes
+                    tables[t, idx] = updated
                 tv = (base << TV_SHIFT) | (TV_WRITABLE if e & PTE_WRITABLE else 0)
                 tv |= TV_DIRTY if (w or (e & PTE_DIRTY)) else 0
                 tv |= TV_HUGE if huge else 0
@@ -744,7 +746,8 @@ def run_batch(
                 tlb_fill(tags, vals, stamps, st, lvl, tsets[lvl], tways[lvl], tag, key, tv)
 
         # --- the access itself: policy bookkeeping, referenced/dirty bits, contents
-        flags = fi32[F_FLAGS, pfn]
+        old_flags = fi32[pfn, F_FLAGS]
+        flags = old_flags
         if (flags & FR_HUGE) == 0:
             if not loaded:
                 flags |= FR_REFERENCED
@@ -752,17 +755,18 @@ def run_batch(
                     list_remove(lists, fi32, lid, pfn)
                     list_append(lists, fi32, lid, pfn)
             if use_opt:
-                fi64[G_NEXT_USE, pfn] = next_use[i]
+                fi64[pfn, G_NEXT_USE] = next_use[i]
         if w:
             flags |= FR_DIRTY
             st[S_TOKEN] += 1
-            fi64[G_TOKEN, pfn] = st[S_TOKEN]
+            fi64[pfn, G_TOKEN] = st[S_TOKEN]
             n_writes += 1
-            slot = fi32[F_SLOT, pfn]
+            slot = fi32[pfn, F_SLOT]
             if slot >= 0:
                 free_slot(m, slot)  # the swap copy is stale now
-                fi32[F_SLOT, pfn] = -1
-        fi32[F_FLAGS, pfn] = flags
+                fi32[pfn, F_SLOT] = -1
+        if flags != old_flags:
+            fi32[pfn, F_FLAGS] = flags
         if hit_level == 0:
             l1_hits += 1
         elif hit_level == 1:
@@ -790,25 +794,25 @@ def run_batch(
 def kill_process(m: Machine, huge_base: int, pid: int) -> None:
     """End process ``pid``: free its frames, table pages, huge pages and swap slots."""
     span = 1 << m.cfg[K_HUGE_SHIFT]
-    for f in range(m.fi32.shape[1]):
-        if m.fi32[F_OWNER, f] != pid:
+    for f in range(m.fi32.shape[0]):
+        if m.fi32[f, F_OWNER] != pid:
             continue
-        flags = m.fi32[F_FLAGS, f]
+        flags = m.fi32[f, F_FLAGS]
         if flags & FR_HUGE:
             if (f - huge_base) % span == 0:
                 m.huge_free[m.st[S_HUGE_TOP]] = f
                 m.st[S_HUGE_TOP] += 1
-            m.fi32[F_OWNER, f] = -1
-            m.fi32[F_FLAGS, f] = 0
-            m.fi64[G_VPN, f] = -1
-            m.fi64[G_TOKEN, f] = 0
+            m.fi32[f, F_OWNER] = -1
+            m.fi32[f, F_FLAGS] = 0
+            m.fi64[f, G_VPN] = -1
+            m.fi64[f, G_TOKEN] = 0
             continue
         if flags & FR_TABLE:
-            m.table_free[m.st[S_TABLE_FREE_TOP]] = m.fi64[G_VPN, f]
+            m.table_free[m.st[S_TABLE_FREE_TOP]] = m.fi64[f, G_VPN]
             m.st[S_TABLE_FREE_TOP] += 1
         else:
             list_remove(m.lists, m.fi32, list_id(m, pid), f)
-            slot = m.fi32[F_SLOT, f]
+            slot = m.fi32[f, F_SLOT]
             if slot >= 0:
                 free_slot(m, slot)
         free_frame(m, f)

@@ -20,8 +20,8 @@ class Machine(NamedTuple):
     masks: np.ndarray  # int64[levels] index mask of each level
     st: np.ndarray  # int64[N_STATE] scalars
     pctr: np.ndarray  # int64[procs, N_PCTR] per-process counters
-    fi32: np.ndarray  # int32[N_FI32, frames] frame metadata
-    fi64: np.ndarray  # int64[N_FI64, frames] frame back-pointers, tokens
+    fi32: np.ndarray  # int32[frames, N_FI32] frame metadata
+    fi64: np.ndarray  # int64[frames, N_FI64] back-pointers, tokens, reverse maps
     free_stack: np.ndarray  # int32[frames] free frames
     tables: np.ndarray  # int64[table pages, entries] the page-table pages
     table_frame: np.ndarray  # int32[table pages] frame holding each table page

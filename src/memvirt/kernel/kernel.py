@@ -480,7 +480,7 @@ class Kernel:
                     f"memory, {format_size(free * ps)} free{detail}"
                 )
         self._blocks.append((start, need, info.pid))
-        self.frames.fi32[F_OWNER, start : start + need] = info.pid
+        self.frames.fi32[start : start + need, F_OWNER] = info.pid
         # the block leaves the free stack
         fs = self.frames.free_stack[: self.st[S_FREE_TOP]]
         keep = fs[(fs < start) | (fs >= start + need)]
@@ -514,8 +514,8 @@ class Kernel:
         if info.block is not None:
             start, n, _ = next(b for b in self._blocks if b[2] == pid)
             self._blocks = [b for b in self._blocks if b[2] != pid]
-            self.frames.fi32[F_OWNER, start : start + n] = -1
-            self.frames.fi64[G_TOKEN, start : start + n] = 0
+            self.frames.fi32[start : start + n, F_OWNER] = -1
+            self.frames.fi64[start : start + n, G_TOKEN] = 0
             top = int(self.st[S_FREE_TOP])
             self.frames.free_stack[top : top + n] = np.arange(start + n - 1, start - 1, -1)
             self.st[S_FREE_TOP] = top + n
@@ -636,7 +636,7 @@ class Kernel:
         wp = pfns[:stop][done_w]
         if wp.size:
             tokens = self.st[S_TOKEN] + np.arange(1, wp.size + 1)
-            self.frames.fi64[G_TOKEN, wp] = tokens
+            self.frames.fi64[wp, G_TOKEN] = tokens
             self.st[S_TOKEN] += wp.size
         self.pctr[pid, C_ACCESSES] += stop
         self.pctr[pid, C_WRITES] += int(done_w.sum())
@@ -705,7 +705,7 @@ class Kernel:
                 span = size // geo.page_size
                 pfn = base + (vpn & (span - 1))
                 break
-            t = int(self.frames.fi64[G_VPN, e >> PTE_SHIFT])
+            t = int(self.frames.fi64[e >> PTE_SHIFT, G_VPN])
         return Walk(va, tuple(steps), pfn, size, geo.page_size)
 
     def translate(self, pid: int, va: int) -> int | None:
@@ -784,14 +784,14 @@ class Kernel:
         f = int(self.lists[lid, L_HEAD])
         while f >= 0:
             out.append(f)
-            f = int(self.frames.fi32[F_NEXT, f])  # F_NEXT
+            f = int(self.frames.fi32[f, F_NEXT])  # F_NEXT
         return out
 
     def resident_vpns(self, pid: int) -> list[int]:
         """Virtual page numbers of ``pid``'s base pages in memory, in frame order."""
         fi32, fi64 = self.frames.fi32, self.frames.fi64
-        mask = (fi32[F_OWNER] == pid) & ((fi32[F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
-        return [int(v) for v in fi64[G_VPN][mask]]
+        mask = (fi32[:, F_OWNER] == pid) & ((fi32[:, F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
+        return [int(v) for v in fi64[:, G_VPN][mask]]
 
     def tlb_entries(self) -> list[TLBEntry]:
         """Every valid TLB entry, level by level: what the TLB currently caches."""
@@ -836,7 +836,7 @@ class Kernel:
         the data frames; the per-process counts match the frames.
         """
         fi32, fi64 = self.frames.fi32, self.frames.fi64
-        owned = int(np.count_nonzero(fi32[F_OWNER] >= 0))
+        owned = int(np.count_nonzero(fi32[:, F_OWNER] >= 0))
         free = int(self.st[S_FREE_TOP])
         huge_free_frames = int(self.st[S_HUGE_TOP]) * self.frames.huge_span
         assert free + owned + huge_free_frames == self.config.frames, (
@@ -845,23 +845,23 @@ class Kernel:
         )
         free_set = set(int(f) for f in self.frames.free_stack[:free])
         assert len(free_set) == free, "a frame is on the free stack twice"
-        assert all(fi32[F_OWNER, f] < 0 for f in free_set), "a free frame has an owner"
+        assert all(fi32[f, F_OWNER] < 0 for f in free_set), "a free frame has an owner"
         listed = 0
         for lid in range(self.lists.shape[0]):
             f = int(self.lists[lid, L_HEAD])
             count = 0
             while f >= 0:
                 count += 1
-                f = int(fi32[F_NEXT, f])
+                f = int(fi32[f, F_NEXT])
             assert count == self.lists[lid, L_SIZE], f"list {lid} size is wrong"
             listed += count
         for pid, info in self.processes.items():
             if not self.proc[pid, P_ALIVE] or info.block is not None:
                 continue
-            mine = fi32[F_OWNER] == pid
-            data = mine & ((fi32[F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
-            huge = mine & ((fi32[F_FLAGS] & FR_HUGE) != 0)
-            tables = mine & ((fi32[F_FLAGS] & FR_TABLE) != 0)
+            mine = fi32[:, F_OWNER] == pid
+            data = mine & ((fi32[:, F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
+            huge = mine & ((fi32[:, F_FLAGS] & FR_HUGE) != 0)
+            tables = mine & ((fi32[:, F_FLAGS] & FR_TABLE) != 0)
             assert int(data.sum() + huge.sum()) == self.proc[pid, P_RESIDENT], (
                 f"process {pid}: resident count {self.proc[pid, P_RESIDENT]} != frames "
                 f"{int(data.sum() + huge.sum())}"
@@ -869,21 +869,23 @@ class Kernel:
             assert int(tables.sum()) == self.proc[pid, P_TABLES], f"process {pid}: table count"
             for frame in np.flatnonzero(data):
                 f = int(frame)
-                vpn = int(fi64[G_VPN, f])
+                vpn = int(fi64[f, G_VPN])
                 walk = self.walk(pid, vpn << self.geometry.offset_bits)
                 assert walk.pfn == f, (
                     f"frame {f} says it holds page {vpn:#x} of process {pid}, "
                     f"whose table maps that page to {walk.pfn}"
                 )
-                where = int(fi64[G_RMAP, f])
+                where = int(fi64[f, G_RMAP])
                 pte = int(self.tables[where >> RMAP_SHIFT, where & ((1 << RMAP_SHIFT) - 1)])
                 assert pte & PTE_PRESENT and pte >> PTE_SHIFT == f, (
                     f"frame {f}: its reverse map points at an entry that maps {describe_pte(pte)}"
                 )
-                slot = int(fi32[F_SLOT, f])
+                slot = int(fi32[f, F_SLOT])
                 assert slot < 0 or self.swap.owner[slot] == pid, f"frame {f}: swap-cache slot"
         data_frames = int(
-            np.count_nonzero((fi32[F_OWNER] >= 0) & ((fi32[F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0))
+            np.count_nonzero(
+                (fi32[:, F_OWNER] >= 0) & ((fi32[:, F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
+            )
         )
         if not self._blocks:
             assert listed == data_frames, f"{listed} frames listed, {data_frames} data frames"

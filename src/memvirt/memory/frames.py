@@ -61,10 +61,10 @@ class FramePool:
             raise ValueError(
                 f"{self.huge_pages} huge pages need {huge_frames} frames, memory has {self.nframes}"
             )
-        self.fi32 = np.full((N_FI32, self.nframes), -1, dtype=np.int32)
-        self.fi32[F_FLAGS] = 0
-        self.fi64 = np.zeros((N_FI64 + int(self.keep_next_use), self.nframes), dtype=np.int64)
-        self.fi64[G_VPN] = -1
+        self.fi32 = np.full((self.nframes, N_FI32), -1, dtype=np.int32)
+        self.fi32[:, F_FLAGS] = 0
+        self.fi64 = np.zeros((self.nframes, N_FI64 + int(self.keep_next_use)), dtype=np.int64)
+        self.fi64[:, G_VPN] = -1
         # huge pages: aligned blocks at the top of memory
         top = self.nframes - self.nframes % self.huge_span if huge_frames else self.nframes
         self.huge_base = top - huge_frames
@@ -87,23 +87,23 @@ class FramePool:
 
     def owner(self, pfn: int) -> int:
         """The pid holding frame ``pfn``, or -1 when it is free."""
-        return int(self.fi32[F_OWNER, pfn])
+        return int(self.fi32[pfn, F_OWNER])
 
     def vpn(self, pfn: int) -> int:
         """The back-pointer of frame ``pfn``: the page it holds (or its table index)."""
-        return int(self.fi64[G_VPN, pfn])
+        return int(self.fi64[pfn, G_VPN])
 
     def token(self, pfn: int) -> int:
         """The content token of the page in frame ``pfn``."""
-        return int(self.fi64[G_TOKEN, pfn])
+        return int(self.fi64[pfn, G_TOKEN])
 
     def swap_slot(self, pfn: int) -> int:
         """The swap slot holding a current copy of frame ``pfn``'s page, or -1."""
-        return int(self.fi32[F_SLOT, pfn])
+        return int(self.fi32[pfn, F_SLOT])
 
     def flags(self, pfn: int) -> FrameFlags:
         """The referenced, dirty, pinned, table and huge bits of frame ``pfn``."""
-        bits = int(self.fi32[F_FLAGS, pfn])
+        bits = int(self.fi32[pfn, F_FLAGS])
         return FrameFlags(
             referenced=bool(bits & FR_REFERENCED),
             dirty=bool(bits & FR_DIRTY),
@@ -114,15 +114,15 @@ class FramePool:
 
     def used(self) -> int:
         """Frames that have an owner."""
-        return int(np.count_nonzero(self.fi32[F_OWNER] >= 0))
+        return int(np.count_nonzero(self.fi32[:, F_OWNER] >= 0))
 
     def links(self, pfn: int) -> tuple[int, int]:
         """The previous and next frames on ``pfn``'s replacement list."""
-        return int(self.fi32[F_PREV, pfn]), int(self.fi32[F_NEXT, pfn])
+        return int(self.fi32[pfn, F_PREV]), int(self.fi32[pfn, F_NEXT])
 
     def next_use_column(self) -> np.ndarray:
         """The per-frame next-use array that the opt policy keeps."""
-        column: np.ndarray = self.fi64[G_NEXT_USE]
+        column: np.ndarray = self.fi64[:, G_NEXT_USE]
         return column
 
 
