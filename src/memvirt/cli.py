@@ -7,20 +7,40 @@ expected, and exit status 2 — never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from memvirt.kernel.kernel import AdmissionError, KernelError
 from memvirt.mmu.tlb import TLBConfig, TLBError, TLBLevel
 from memvirt.policies import UnknownPolicyError, policy_names
 from memvirt.traces.model import TraceError
-from memvirt.units import GeometryError, PageGeometry, SizeError, is_power_of_two, parse_size
+from memvirt.units import (
+    GeometryError,
+    PageGeometry,
+    SizeError,
+    format_size,
+    is_power_of_two,
+    parse_size,
+)
+
+if TYPE_CHECKING:
+    from memvirt.traces.analysis import TraceStats
+    from memvirt.traces.model import Trace
 
 app = typer.Typer(
     add_completion=False,
@@ -43,7 +63,7 @@ INPUT_ERRORS = (
 def fail(message: str) -> NoReturn:
     """Print ``memvirt: error: message`` on standard error and exit with status 2."""
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]memvirt: error:[/] {message}", markup=True
+        f"[bold red]memvirt: error:[/] {escape(message)}", markup=True
     )
     raise typer.Exit(2)
 
@@ -165,7 +185,7 @@ def replay(
         sys.stdout.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
         return
     console = Console()
-    table = Table(title=f"replay of {trace} — {policy}, {frames} frames", show_header=True)
+    table = Table(title=f"{policy}, {frames:,} frames", caption=str(trace), show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [
@@ -189,6 +209,391 @@ def replay(
     console.print(table)
     for reason in result.killed:
         console.print(f"[yellow]killed:[/] {reason}")
+
+
+# --------------------------------------------------------------------------- memvirt trace
+
+trace_app = typer.Typer(
+    no_args_is_help=True,
+    help="Record memory traces of real programs, inspect them, and convert between formats.",
+)
+app.add_typer(trace_app, name="trace")
+
+#: Suffixes that ``--plot`` writes, and the matplotlib format of each.
+PLOT_FORMATS = {".svg": "svg", ".png": "png"}
+#: How long a stopped recording waits for valgrind to end before killing it.
+STOP_GRACE_SECONDS = 5.0
+#: How many points of the miss-ratio curve the table shows.
+TABLE_CURVE_POINTS = 8
+
+PageSizeOption = Annotated[
+    str, typer.Option("--page-size", help="Page size (a power of two): 4KiB, 2MiB.")
+]
+SkipBadOption = Annotated[
+    bool,
+    typer.Option("--skip-bad", help="Skip malformed lines and count them, instead of failing."),
+]
+DropFetchesOption = Annotated[
+    bool, typer.Option("--drop-fetches", help="Leave instruction fetches out: data accesses only.")
+]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="Input format: text, npy, lackey or binary (default: recognised)."
+    ),
+]
+
+
+def page_size_bytes(text: str) -> int:
+    """The ``--page-size`` option in bytes: a power of two."""
+    size = parse_size(text)
+    if not is_power_of_two(size):
+        raise GeometryError(f"--page-size must be a power of two, got {text!r} ({size} bytes)")
+    return size
+
+
+@trace_app.command("info")
+def trace_info(
+    trace: Annotated[Path, typer.Argument(help="Trace file: lackey, text, .mvt or .npy.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write the miss-ratio curve to this .svg or .png file."),
+    ] = None,
+    page_size: PageSizeOption = "4KiB",
+    skip_bad: SkipBadOption = False,
+    drop_fetches: DropFetchesOption = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Describe a trace: its reads, writes and fetches, footprint and LRU miss-ratio curve."""
+    from memvirt.traces.analysis import trace_stats
+    from memvirt.traces.readers import open_trace
+
+    try:
+        size = page_size_bytes(page_size)
+        if plot is not None and plot.suffix.lower() not in PLOT_FORMATS:
+            raise TraceError(
+                f"--plot {plot}: expected a file name ending in .svg or .png, got {plot.suffix!r}"
+            )
+        with open_trace(
+            trace, format=fmt, skip_bad=skip_bad, drop_fetches=drop_fetches, page_size=size
+        ) as stream:
+            stats = trace_stats(stream, page_size=size)
+            bad_lines, trace_format = int(stream.bad_lines), str(stream.format)
+        if plot is not None:
+            plot_miss_ratio_curve(stats, plot, title=f"LRU miss-ratio curve of {trace.name}")
+    except INPUT_ERRORS as err:
+        fail(str(err))
+    except ValueError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"{err.filename or trace}: {err.strerror or err}")
+
+    out: dict[str, Any] = stats.to_dict()
+    out.update({"bad_lines": bad_lines, "format": trace_format, "trace": str(trace)})
+    if as_json:
+        sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+        return
+    console = Console()
+    table = Table(title=escape(f"{trace} ({trace_format})"), show_header=True)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, str]] = [
+        ("accesses", f"{stats.accesses:,}"),
+        ("  reads", f"{stats.reads:,}"),
+        ("  writes", f"{stats.writes:,}"),
+        ("  instruction fetches", f"{stats.instruction_fetches:,}"),
+        ("distinct pages", f"{stats.distinct_pages:,}"),
+        ("footprint", f"{format_size(stats.footprint_bytes)} ({stats.page_size:,}-byte pages)"),
+    ]
+    if bad_lines:
+        rows.append(("malformed lines skipped", f"{bad_lines:,}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if stats.accesses:
+        curve = Table(
+            title="LRU miss-ratio curve", caption="misses include first touches", show_header=True
+        )
+        for column in ("frames", "memory", "misses", "miss ratio"):
+            curve.add_column(column, justify="right")
+        for frames, misses in curve_points(stats.miss_ratio_curve, TABLE_CURVE_POINTS):
+            curve.add_row(
+                f"{frames:,}",
+                format_size(frames * stats.page_size),
+                f"{misses:,}",
+                f"{misses / stats.accesses:.4f}",
+            )
+        console.print(curve)
+    if plot is not None:
+        console.print(f"miss-ratio curve written to {plot}", markup=False)
+
+
+def curve_points(curve: list[list[int]], count: int) -> list[list[int]]:
+    """About ``count`` points of a miss-ratio curve, log-spaced in frames, the last included."""
+    if len(curve) <= count:
+        return curve
+    last = curve[-1][0]
+    picked: list[list[int]] = []
+    for k in range(count):
+        target = last ** (k / (count - 1))
+        point = min(curve, key=lambda p: abs(p[0] - target))
+        if point not in picked:
+            picked.append(point)
+    return picked
+
+
+def plot_miss_ratio_curve(stats: TraceStats, path: Path, *, title: str) -> None:
+    """Draw the miss ratio against frames (log scale) into ``path``, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind = PLOT_FORMATS[path.suffix.lower()]
+    frames = [p[0] for p in stats.miss_ratio_curve]
+    ratios = [p[1] / max(1, stats.accesses) for p in stats.miss_ratio_curve]
+    # a fixed hash salt and no date keep the SVG the same from run to run
+    with matplotlib.rc_context({"svg.hashsalt": "memvirt", "svg.fonttype": "path"}):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        try:
+            ax.step(frames, ratios, where="post", color="tab:blue")
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel(f"memory (frames of {format_size(stats.page_size)})")
+            ax.set_ylabel("miss ratio (page faults / accesses)")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                metadata = {"Date": None} if kind == "svg" else {"Software": None}
+                fig.savefig(tmp, format=kind, metadata=metadata, dpi=100)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        finally:
+            plt.close(fig)
+
+
+@trace_app.command("convert")
+def trace_convert(
+    source: Annotated[Path, typer.Argument(metavar="IN", help="Trace file to read.")],
+    target: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUT", help="File to write; its suffix picks the format (.mvt, .txt, .npy)."
+        ),
+    ],
+    page_size: PageSizeOption = "4KiB",
+    skip_bad: SkipBadOption = False,
+    drop_fetches: DropFetchesOption = False,
+    fmt: FormatOption = None,
+) -> None:
+    """Convert a trace to another format, chunk by chunk."""
+    from memvirt.traces.readers import open_trace
+    from memvirt.traces.writers import write_trace
+
+    try:
+        size = page_size_bytes(page_size)
+        with open_trace(
+            source, format=fmt, skip_bad=skip_bad, drop_fetches=drop_fetches, page_size=size
+        ) as stream:
+            written = write_trace(target, stream, page_size=size)
+            bad_lines = int(stream.bad_lines)
+    except INPUT_ERRORS as err:
+        fail(str(err))
+    except ValueError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"{err.filename or target}: {err.strerror or err}")
+    note = f" ({bad_lines:,} malformed lines skipped)" if bad_lines else ""
+    Console(highlight=False, soft_wrap=True).print(
+        f"wrote {written:,} accesses to {target}{note}", markup=False
+    )
+
+
+@trace_app.command(
+    "record",
+    context_settings={"allow_interspersed_args": False},
+)
+def trace_record(
+    program: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="-- PROGRAM ARGS", help="The program to trace and its arguments, after --."
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", help="Trace file to write; its suffix picks the format (.mvt)."
+        ),
+    ],
+    max_accesses: Annotated[
+        int | None,
+        typer.Option("--max-accesses", help="Stop the program after this many accesses."),
+    ] = None,
+    drop_fetches: DropFetchesOption = False,
+    page_size: PageSizeOption = "4KiB",
+) -> None:
+    """Run a program under valgrind's lackey tool and record its memory accesses.
+
+    Example: memvirt trace record -o ls.mvt --max-accesses 1000000 -- ls -l /
+
+    Lackey's log reaches memvirt through a named pipe and is converted as the
+    program runs, so no text log is kept on disk; the program's own output
+    goes to the terminal as usual.
+    """
+    from memvirt.traces.writers import write_trace
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        fail(
+            "valgrind is not installed (it is not on PATH): install it with "
+            "'apt-get install valgrind' or your distribution's valgrind package"
+        )
+    try:
+        size = page_size_bytes(page_size)
+        if max_accesses is not None and max_accesses < 1:
+            raise TraceError(f"--max-accesses must be at least 1, got {max_accesses}")
+        executable = shutil.which(program[0])
+        if executable is None:
+            raise TraceError(
+                f"cannot start {program[0]!r}: no such program "
+                f"({'not an executable file' if os.sep in program[0] else 'not found on PATH'})"
+            )
+        with LackeyRecording(valgrind, program, page_size=size, drop_fetches=drop_fetches) as rec:
+            written = write_trace(output, rec.accesses(max_accesses), page_size=size)
+            status = rec.stop()
+    except INPUT_ERRORS as err:
+        fail(str(err))
+    except ValueError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"{err.filename or output}: {err.strerror or err}")
+    console = Console(highlight=False, soft_wrap=True)
+    if max_accesses is not None and written >= max_accesses:
+        console.print(f"stopped {program[0]} after {written:,} accesses", markup=False)
+    elif status:
+        console.print(f"{program[0]} exited with status {status}", markup=False)
+    console.print(f"wrote {written:,} accesses to {output}", markup=False)
+
+
+class LackeyRecording:
+    """``valgrind --tool=lackey --trace-mem=yes PROGRAM``, its log read through a named pipe.
+
+    Valgrind writes its log to the pipe (``--log-file``), apart from the
+    program's own standard output and error, and memvirt reads it as it
+    comes. Opening a pipe waits for the other end; a valgrind that fails
+    before it opens its log would leave the reader waiting, so once valgrind
+    has ended a watcher opens and closes the write end until the reader is
+    done: the reader then sees the end of the log.
+    """
+
+    def __init__(
+        self, valgrind: str, program: list[str], *, page_size: int, drop_fetches: bool
+    ) -> None:
+        self.valgrind = valgrind
+        self.program = program
+        self.page_size = page_size
+        self.drop_fetches = drop_fetches
+        self._dir = tempfile.TemporaryDirectory(prefix="memvirt-record-")
+        self.fifo = Path(self._dir.name) / "lackey.log"
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._end_log_when_done, daemon=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LackeyRecording:
+        os.mkfifo(self.fifo)
+        log_file = str(self.fifo).replace("%", "%%")  # valgrind expands %p and %q{VAR}
+        command = [
+            self.valgrind,
+            "--tool=lackey",
+            "--trace-mem=yes",
+            f"--log-file={log_file}",
+            *self.program,
+        ]
+        # a session of its own, so that stopping it reaches the program's children too
+        self.process = subprocess.Popen(command, start_new_session=True)
+        self._watcher.start()
+        return self
+
+    def _end_log_when_done(self) -> None:
+        assert self.process is not None
+        self.process.wait()
+        while not self._done.wait(0.05):
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader yet (ENXIO), or the pipe is gone
+                continue
+            os.close(fd)
+
+    def accesses(self, limit: int | None) -> Iterator[Trace]:
+        """The recorded accesses in chunks, ``limit`` of them at most."""
+        from memvirt.traces.readers import open_trace
+
+        chunk = 1 << 22 if limit is None else max(1, min(limit, 1 << 22))
+        taken = 0
+        with open_trace(
+            self.fifo,
+            format="lackey",
+            drop_fetches=self.drop_fetches,
+            page_size=self.page_size,
+            chunk_accesses=chunk,
+        ) as stream:
+            for part in stream:
+                if limit is not None and taken + len(part) >= limit:
+                    yield head(part, limit - taken)
+                    return
+                taken += len(part)
+                yield part
+        status = self.stop()
+        if taken == 0 and status != 0:
+            raise TraceError(
+                f"valgrind could not run {' '.join(self.program)!r} "
+                f"(exit status {status}; see its message above)"
+            )
+
+    def stop(self) -> int:
+        """End valgrind and the program if they still run; their exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return int(self.process.returncode)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.process is not None:
+                self.stop()
+        finally:
+            self._done.set()
+            if self._watcher.is_alive():
+                self._watcher.join()
+            self._dir.cleanup()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group that ``pid`` leads, if it still exists."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def head(trace: Trace, count: int) -> Trace:
+    """The first ``count`` accesses of ``trace``."""
+    from memvirt.traces.model import Trace as TraceType
+
+    return TraceType(
+        trace.addresses[:count],
+        trace.writes[:count],
+        page_numbers=trace.page_numbers,
+        source=trace.source,
+        fetches=None if trace.fetches is None else trace.fetches[:count],
+    )
 
 
 def main() -> None:
