@@ -153,3 +153,43 @@ def test_replay_without_page_tables_gives_the_same_textbook_counts(
     out = replay_json(str(TEXTBOOK), "--frames", "3", "--policy", policy, "--no-page-tables")
     assert out["faults"] == faults
     assert out["walk_memory_references"] == 0 and out["table_pages"] == 0
+
+
+DATA = ROOT / "tests" / "data"
+
+
+@pytest.mark.parametrize(
+    "name", ["lackey-echo-hello.txt", "true.mvt.zst", "echo-hello.mvt.gz", "ls-root.mvt.zst"]
+)
+def test_replay_reads_every_trace_format(name: str) -> None:
+    stats = json.loads((DATA / "expected-stats.json").read_text())["traces"][name]
+    frames = "4" if name.startswith("lackey") else "16"
+    out = replay_json(str(DATA / name), "--frames", frames, "--policy", "lru")
+    assert out["accesses"] == stats["accesses"]
+    assert out["instruction_fetches"] == stats["instruction_fetches"]
+    assert out["reads"] + out["writes"] + out["instruction_fetches"] == out["accesses"]
+    # LRU's faults are the miss-ratio curve's point at that many frames
+    assert out["faults"] == stats["lru_misses"][frames]
+
+
+def test_replay_can_drop_instruction_fetches() -> None:
+    out = replay_json(str(DATA / "lackey-echo-hello.txt"), "--frames", "16", "--drop-fetches")
+    assert out["instruction_fetches"] == 0
+    assert out["accesses"] == out["reads"] + out["writes"]
+
+
+def test_replay_skips_and_counts_malformed_lines_when_asked(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0x1000\nnonsense\n0x2000\n0x1000\n")
+    strict = runner.invoke(app, ["replay", str(bad), "--frames", "3"])
+    assert strict.exit_code == 2 and f"{bad}:2:" in strict.stderr
+    out = replay_json(str(bad), "--frames", "3", "--skip-bad")
+    assert out["bad_lines"] == 1 and out["accesses"] == 3 and out["faults"] == 2
+
+
+def test_trace_info_of_an_empty_trace_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# no accesses\n")
+    result = runner.invoke(app, ["trace", "info", str(empty), "--json"])
+    assert result.exit_code == 2
+    assert "no accesses" in result.stderr

@@ -7,16 +7,10 @@ expected, and exit status 2 — never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -40,7 +34,6 @@ from memvirt.units import (
 
 if TYPE_CHECKING:
     from memvirt.traces.analysis import TraceStats
-    from memvirt.traces.model import Trace
 
 app = typer.Typer(
     add_completion=False,
@@ -95,6 +88,24 @@ def build_geometry(page_size: str, levels: int, bits: str) -> PageGeometry:
     return PageGeometry(bits_per_level=widths, offset_bits=size.bit_length() - 1)
 
 
+PageSizeOption = Annotated[
+    str, typer.Option("--page-size", help="Page size (a power of two): 4KiB, 2MiB.")
+]
+SkipBadOption = Annotated[
+    bool,
+    typer.Option("--skip-bad", help="Skip malformed lines and count them, instead of failing."),
+]
+DropFetchesOption = Annotated[
+    bool, typer.Option("--drop-fetches", help="Leave instruction fetches out: data accesses only.")
+]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="Input format: text, npy, lackey or binary (default: recognised)."
+    ),
+]
+
+
 @app.callback()
 def cli() -> None:
     """memvirt: a page-by-page simulator of memory virtualization."""
@@ -141,12 +152,19 @@ def replay(
         ),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random policy.")] = 0,
+    skip_bad: SkipBadOption = False,
+    drop_fetches: DropFetchesOption = False,
+    fmt: FormatOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Replay a trace as one process: TLB, page walks, demand paging, replacement."""
+    """Replay a trace as one process: TLB, page walks, demand paging, replacement.
+
+    The trace may be text, .npy, valgrind lackey or memvirt's binary format,
+    gzip- or zstd-compressed.
+    """
     from memvirt.replay import ReplayOptions, warm_up
     from memvirt.replay import replay as run_replay
-    from memvirt.traces.readers import read_trace
+    from memvirt.traces.readers import open_trace
 
     try:
         if frames <= 0:
@@ -171,7 +189,16 @@ def replay(
             virtual_memory=not no_virtual_memory,
             page_tables=not no_page_tables,
         )
-        data = read_trace(trace, page_numbers=page_numbers)
+        with open_trace(
+            trace,
+            format=fmt,
+            page_numbers=page_numbers,
+            skip_bad=skip_bad,
+            drop_fetches=drop_fetches,
+            page_size=geometry.page_size,
+        ) as stream:
+            data = stream.read_all()
+            bad_lines = stream.bad_lines
         warm_up()
         result = run_replay(data, options)
     except INPUT_ERRORS as err:
@@ -181,6 +208,7 @@ def replay(
 
     out = result.to_dict()
     out["trace"] = str(trace)
+    out["bad_lines"] = bad_lines
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
         return
@@ -208,7 +236,9 @@ def replay(
         table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
     for reason in result.killed:
-        console.print(f"[yellow]killed:[/] {reason}")
+        console.print(f"[yellow]killed:[/] {escape(reason)}")
+    if bad_lines:
+        console.print(f"[yellow]skipped {bad_lines:,} malformed lines[/]")
 
 
 # --------------------------------------------------------------------------- memvirt trace
@@ -221,27 +251,8 @@ app.add_typer(trace_app, name="trace")
 
 #: Suffixes that ``--plot`` writes, and the matplotlib format of each.
 PLOT_FORMATS = {".svg": "svg", ".png": "png"}
-#: How long a stopped recording waits for valgrind to end before killing it.
-STOP_GRACE_SECONDS = 5.0
 #: How many points of the miss-ratio curve the table shows.
 TABLE_CURVE_POINTS = 8
-
-PageSizeOption = Annotated[
-    str, typer.Option("--page-size", help="Page size (a power of two): 4KiB, 2MiB.")
-]
-SkipBadOption = Annotated[
-    bool,
-    typer.Option("--skip-bad", help="Skip malformed lines and count them, instead of failing."),
-]
-DropFetchesOption = Annotated[
-    bool, typer.Option("--drop-fetches", help="Leave instruction fetches out: data accesses only.")
-]
-FormatOption = Annotated[
-    str | None,
-    typer.Option(
-        "--format", help="Input format: text, npy, lackey or binary (default: recognised)."
-    ),
-]
 
 
 def page_size_bytes(text: str) -> int:
@@ -279,6 +290,8 @@ def trace_info(
             trace, format=fmt, skip_bad=skip_bad, drop_fetches=drop_fetches, page_size=size
         ) as stream:
             stats = trace_stats(stream, page_size=size)
+            if stats.accesses == 0:
+                raise TraceError(f"{stream.source}: the trace has no accesses")
             bad_lines, trace_format = int(stream.bad_lines), str(stream.format)
         if plot is not None:
             plot_miss_ratio_curve(stats, plot, title=f"LRU miss-ratio curve of {trace.name}")
@@ -444,6 +457,7 @@ def trace_record(
     program runs, so no text log is kept on disk; the program's own output
     goes to the terminal as usual.
     """
+    from memvirt.traces.recorder import LackeyRecording
     from memvirt.traces.writers import write_trace
 
     valgrind = shutil.which("valgrind")
@@ -477,123 +491,6 @@ def trace_record(
     elif status:
         console.print(f"{program[0]} exited with status {status}", markup=False)
     console.print(f"wrote {written:,} accesses to {output}", markup=False)
-
-
-class LackeyRecording:
-    """``valgrind --tool=lackey --trace-mem=yes PROGRAM``, its log read through a named pipe.
-
-    Valgrind writes its log to the pipe (``--log-file``), apart from the
-    program's own standard output and error, and memvirt reads it as it
-    comes. Opening a pipe waits for the other end; a valgrind that fails
-    before it opens its log would leave the reader waiting, so once valgrind
-    has ended a watcher opens and closes the write end until the reader is
-    done: the reader then sees the end of the log.
-    """
-
-    def __init__(
-        self, valgrind: str, program: list[str], *, page_size: int, drop_fetches: bool
-    ) -> None:
-        self.valgrind = valgrind
-        self.program = program
-        self.page_size = page_size
-        self.drop_fetches = drop_fetches
-        self._dir = tempfile.TemporaryDirectory(prefix="memvirt-record-")
-        self.fifo = Path(self._dir.name) / "lackey.log"
-        self._done = threading.Event()
-        self._watcher = threading.Thread(target=self._end_log_when_done, daemon=True)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> LackeyRecording:
-        os.mkfifo(self.fifo)
-        log_file = str(self.fifo).replace("%", "%%")  # valgrind expands %p and %q{VAR}
-        command = [
-            self.valgrind,
-            "--tool=lackey",
-            "--trace-mem=yes",
-            f"--log-file={log_file}",
-            *self.program,
-        ]
-        # a session of its own, so that stopping it reaches the program's children too
-        self.process = subprocess.Popen(command, start_new_session=True)
-        self._watcher.start()
-        return self
-
-    def _end_log_when_done(self) -> None:
-        assert self.process is not None
-        self.process.wait()
-        while not self._done.wait(0.05):
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # no reader yet (ENXIO), or the pipe is gone
-                continue
-            os.close(fd)
-
-    def accesses(self, limit: int | None) -> Iterator[Trace]:
-        """The recorded accesses in chunks, ``limit`` of them at most."""
-        from memvirt.traces.readers import open_trace
-
-        chunk = 1 << 22 if limit is None else max(1, min(limit, 1 << 22))
-        taken = 0
-        with open_trace(
-            self.fifo,
-            format="lackey",
-            drop_fetches=self.drop_fetches,
-            page_size=self.page_size,
-            chunk_accesses=chunk,
-        ) as stream:
-            for part in stream:
-                if limit is not None and taken + len(part) >= limit:
-                    yield head(part, limit - taken)
-                    return
-                taken += len(part)
-                yield part
-        status = self.stop()
-        if taken == 0 and status != 0:
-            raise TraceError(
-                f"valgrind could not run {' '.join(self.program)!r} "
-                f"(exit status {status}; see its message above)"
-            )
-
-    def stop(self) -> int:
-        """End valgrind and the program if they still run; their exit status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return int(self.process.returncode)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self.process is not None:
-                self.stop()
-        finally:
-            self._done.set()
-            if self._watcher.is_alive():
-                self._watcher.join()
-            self._dir.cleanup()
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to the process group that ``pid`` leads, if it still exists."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
-
-
-def head(trace: Trace, count: int) -> Trace:
-    """The first ``count`` accesses of ``trace``."""
-    from memvirt.traces.model import Trace as TraceType
-
-    return TraceType(
-        trace.addresses[:count],
-        trace.writes[:count],
-        page_numbers=trace.page_numbers,
-        source=trace.source,
-        fetches=None if trace.fetches is None else trace.fetches[:count],
-    )
 
 
 def main() -> None:

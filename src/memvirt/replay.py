@@ -83,7 +83,11 @@ class ReplayResult:
     killed: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        """A flat dictionary: the counters next to the replay's settings."""
+        """A flat dictionary: the counters next to the replay's settings.
+
+        ``reads`` counts data reads; instruction fetches (reads of code, in
+        lackey traces) are counted apart in ``instruction_fetches``.
+        """
         out: dict[str, Any] = dict(self.counters)
         out.update({k: v for k, v in asdict(self).items() if k != "counters"})
         out["accesses_per_second"] = out["accesses"] / self.seconds if self.seconds > 0 else None
@@ -91,6 +95,15 @@ class ReplayResult:
 
     def __getitem__(self, key: str) -> int:
         return self.counters[key]
+
+
+def split_fetches(counters: dict[str, int], trace: Trace) -> dict[str, int]:
+    """Count the trace's instruction fetches apart from its data reads."""
+    fetches = 0 if trace.fetches is None else int(np.count_nonzero(trace.fetches))
+    out = dict(counters)
+    out["instruction_fetches"] = fetches
+    out["reads"] = counters["reads"] - fetches
+    return out
 
 
 def build_kernel(
@@ -154,7 +167,7 @@ def replay(trace: Trace, options: ReplayOptions) -> ReplayResult:
         distinct_pages=int(uniq.shape[0]),
         table_pages=kernel.table_pages(pid),
         seconds=seconds,
-        counters=kernel.counters(pid),
+        counters=split_fetches(kernel.counters(pid), trace),
         killed=[k.reason for k in kernel.kills],
     )
 
@@ -212,6 +225,6 @@ def replay_without_page_tables(trace: Trace, options: ReplayOptions) -> ReplayRe
         distinct_pages=int(uniq.shape[0]),
         table_pages=0,
         seconds=seconds,
-        counters=counters,
+        counters=split_fetches(counters, trace),
         killed=[],
     )

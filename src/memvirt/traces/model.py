@@ -43,6 +43,16 @@ class Trace:
         if self.fetches is not None and self.fetches.shape != self.addresses.shape:
             raise TraceError(f"{self.source}: fetches must have one flag per access")
 
+    def head(self, count: int) -> Trace:
+        """The first ``count`` accesses."""
+        return Trace(
+            self.addresses[:count],
+            self.writes[:count],
+            page_numbers=self.page_numbers,
+            source=self.source,
+            fetches=None if self.fetches is None else self.fetches[:count],
+        )
+
     @property
     def kinds(self) -> np.ndarray:
         """The kind of every access: KIND_READ, KIND_WRITE or KIND_FETCH."""

@@ -227,10 +227,7 @@ def read_trace(
         page_size=page_size,
         chunk_accesses=chunk_accesses,
     ) as stream:
-        chunks = list(stream)
-        if not chunks:
-            raise TraceError(f"{stream.source}: the trace has no accesses")
-        return concatenate(chunks, source=stream.source)
+        return stream.read_all()
 
 
 def open_trace(
@@ -393,6 +390,13 @@ class TraceStream:
         """Close the file (iteration ends early if it was under way)."""
         self._chunks.close()
         self._input.close()
+
+    def read_all(self) -> Trace:
+        """The rest of the trace as one Trace; an error when it holds no accesses."""
+        chunks = list(self)
+        if not chunks:
+            raise TraceError(f"{self.source}: the trace has no accesses")
+        return concatenate(chunks, source=self.source)
 
     def __iter__(self) -> Iterator[Trace]:
         if self._started:
