@@ -16,6 +16,9 @@ def test_the_readme_has_python_examples() -> None:
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block-{i}" for i in range(len(BLOCKS))])
-def test_a_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_readme_example_runs(
+    code: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(README.parent)
     exec(compile(code, str(README), "exec"), {})
     assert capsys.readouterr().out.strip()  # each example prints what it shows

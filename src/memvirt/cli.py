@@ -493,6 +493,68 @@ def trace_record(
     console.print(f"wrote {written:,} accesses to {output}", markup=False)
 
 
+@app.command("run")
+def run_command(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (TOML), see docs/scenarios.md.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for summary.json.")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting by its dotted path: host.memory=8GiB."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run a scenario in simulated time and summarise it."""
+    from memvirt.config import ScenarioError, load_scenario
+    from memvirt.engine.scenario import run as run_scenario
+
+    try:
+        loaded = load_scenario(scenario, settings or ())
+        result = run_scenario(loaded)
+        if out is not None:
+            result.write(out)
+    except ScenarioError as err:
+        fail(str(err))
+    except INPUT_ERRORS as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"{err.filename or out}: {err.strerror or err}")
+    summary = result.summary
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return
+    console = Console()
+    host = summary["host"]
+    console.print(
+        f"[bold]{escape(str(scenario))}[/]: {summary['simulated_seconds']:.3f} simulated s, "
+        f"{host['physical_pages']:,} frames of {host['page_size']:,} B, "
+        f"virtual/physical {summary['virtual_memory_ratio']:.2f}"
+    )
+    table = Table(show_header=True)
+    for column in (
+        "process",
+        "accesses",
+        "faults",
+        "major",
+        "writebacks",
+        "TLB misses",
+        "throughput /s",
+        "ended",
+    ):
+        table.add_column(column, justify="left" if column in ("process", "ended") else "right")
+    for p in summary["processes"]:
+        ended = "killed" if p["killed"] else ("finished" if p["finished"] else "running")
+        table.add_row(
+            p["name"], f"{p['accesses']:,}", f"{p['faults']:,}", f"{p['major_faults']:,}",
+            f"{p['writebacks']:,}", f"{p['tlb_misses']:,}", f"{p['throughput']:,.0f}", ended,
+        )  # fmt: skip
+    console.print(table)
+    for p in summary["processes"]:
+        if p["killed"]:
+            console.print(f"[yellow]{escape(p['name'])}:[/] {escape(p['killed'])}")
+    if out is not None:
+        console.print(f"summary written to {escape(str(out / 'summary.json'))}")
+
+
 def main() -> None:
     """Entry point of the ``memvirt`` command."""
     app()

@@ -1,0 +1,1 @@
+"""Simulated time: the cost model and the event loop that runs vCPUs in quanta."""
