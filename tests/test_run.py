@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -134,3 +135,53 @@ def test_the_run_example_in_the_scenario_docs_runs(
     names: dict[str, object] = {}
     exec(compile(block, str(doc), "exec"), names)
     assert (tmp_path / "mp" / "summary.json").exists()
+
+
+def explain_json(*args: str) -> dict[str, object]:
+    result = runner.invoke(
+        app,
+        ["explain", str(EXAMPLES / "multiprogramming.toml"), "--set", "run.accesses=50000",
+         *args, "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out: dict[str, object] = json.loads(result.stdout)
+    return out
+
+
+def test_explain_shows_the_one_level_walk_of_a_touched_address() -> None:
+    out = explain_json()
+    for key in ("mode", "guest_levels", "host_levels", "memory_references", "steps",
+                "virtual_address", "real_address", "physical_address"):  # fmt: skip
+        assert key in out, key
+    assert out["mode"] == "native" and out["memory_references"] == 4
+    steps = out["steps"]
+    assert isinstance(steps, list) and [s["level"] for s in steps] == [0, 1, 2, 3]
+    # each entry points at the next level's table page
+    for step, nxt in itertools.pairwise(steps):
+        assert step["entry"] >> 12 == nxt["table_frame"]
+    assert out["physical_address"] is not None
+    va = out["virtual_address"]
+    assert isinstance(va, int)
+    assert out["physical_address"] % 4096 == va % 4096  # type: ignore[operator]
+
+
+def test_explain_takes_a_process_and_an_address() -> None:
+    out = explain_json("--process", "batch", "--address", "0x400000")
+    assert out["process"] == "batch" and out["virtual_address"] == 0x400000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--process", "nobody"], "the processes are db, scan, batch"),
+        (["--vm", "web"], "has no VMs"),
+        (["--address", "0xZZ"], "--address"),
+    ],
+)
+def test_explain_rejects_what_is_not_there(args: list[str], message: str) -> None:
+    result = runner.invoke(
+        app, ["explain", str(EXAMPLES / "multiprogramming.toml"), "--set",
+              "run.accesses=20000", *args],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr

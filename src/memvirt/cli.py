@@ -555,6 +555,71 @@ def run_command(
         console.print(f"summary written to {escape(str(out / 'summary.json'))}")
 
 
+@app.command("explain")
+def explain_command(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (TOML).")],
+    vm: Annotated[str | None, typer.Option("--vm", help="The VM (default: the first).")] = None,
+    process: Annotated[
+        str | None, typer.Option("--process", help="Process name or pid (default: the first).")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Virtual address, hex or decimal (default: one touched)."),
+    ] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run a scenario, then show one translation step by step: every level of the walk."""
+    from memvirt.config import ScenarioError, load_scenario
+    from memvirt.engine.explain import explain
+
+    try:
+        loaded = load_scenario(scenario, settings or ())
+        va = None if address is None else _parse_address(address)
+        out = explain(loaded, vm=vm, process=process, address=va)
+    except ScenarioError as err:
+        fail(str(err))
+    except INPUT_ERRORS as err:
+        fail(str(err))
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    console = Console(highlight=False)
+    console.print(
+        f"[bold]{escape(out['process'])}[/]: virtual address {out['virtual_address']:#x} "
+        f"({out['mode']}, {out['guest_levels']}-level page table)"
+    )
+    table = Table(show_header=True)
+    for column in ("level", "table frame", "index", "entry address", "entry"):
+        table.add_column(column, justify="left" if column == "entry" else "right")
+    for step in out["steps"]:
+        table.add_row(
+            str(step["level"]), str(step["table_frame"]), str(step["index"]),
+            f"{step['entry_address']:#x}", escape(step["meaning"]),
+        )  # fmt: skip
+    console.print(table)
+    pa = out["physical_address"]
+    console.print(
+        f"physical address: {pa:#x}" if pa is not None else "the page is not in memory",
+        f"— {out['memory_references']} memory references",
+    )
+
+
+def _parse_address(text: str) -> int:
+    """A virtual address from ``--address``: hex with 0x, or decimal."""
+    try:
+        value = int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        raise TraceError(
+            f"--address: expected an address (hex with 0x or decimal), got {text!r}"
+        ) from None
+    if value < 0:
+        raise TraceError(f"--address: expected a non-negative address, got {text!r}")
+    return value
+
+
 def main() -> None:
     """Entry point of the ``memvirt`` command."""
     app()

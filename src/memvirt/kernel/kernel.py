@@ -212,11 +212,12 @@ class WalkStep:
     table_frame: int
     index: int
     entry: int
+    page_size: int = 4096
 
     @property
     def entry_address(self) -> int:
         """Physical address of the entry: table frame, then 8 bytes per entry."""
-        return -1 if self.table_frame < 0 else self.table_frame * 4096 + self.index * 8
+        return -1 if self.table_frame < 0 else self.table_frame * self.page_size + self.index * 8
 
 
 @dataclass(frozen=True)
@@ -696,7 +697,7 @@ class Kernel:
                 break
             idx = geo.index(vpn, lvl)
             e = int(self.tables[t, idx])
-            steps.append(WalkStep(lvl, int(self.table_frame[t]), idx, e))
+            steps.append(WalkStep(lvl, int(self.table_frame[t]), idx, e, geo.page_size))
             if not e & PTE_PRESENT:
                 break
             if lvl == geo.levels - 1 or e & PTE_HUGE:
