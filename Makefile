@@ -15,6 +15,7 @@ $(BIN)/memvirt: pyproject.toml
 demo: $(BIN)/memvirt
 	$(BIN)/memvirt replay examples/traces/textbook.txt --frames 3 --policy lru
 	$(BIN)/memvirt replay examples/traces/zipf-small.npy --frames 2000 --policy clock
+	$(BIN)/memvirt run examples/multiprogramming.toml --out out/multiprogramming
 
 lint: $(BIN)/memvirt
 	$(BIN)/ruff check src tests benchmarks

@@ -71,8 +71,7 @@ REG_HUGE = 2
 L_HEAD = 0
 L_TAIL = 1
 L_SIZE = 2
-L_HAND = 3  # unused by the built-in policies; kept for future clock variants
-N_LIST = 4
+N_LIST = 3
 
 # --- per-process counters ------------------------------------------------------
 C_ACCESSES = 0

@@ -347,13 +347,6 @@ def install_table(m: Machine, pid: int, f: int) -> int:
 
 
 @kernel
-def missing_tables(m: Machine, root: int, vpn: int, leaf_level: int) -> int:
-    """How many table pages a fault must add so that ``vpn`` has an entry at ``leaf_level``."""
-    _, _, lvl = find_leaf(m, root, vpn)
-    return leaf_level - lvl if lvl < leaf_level else 0
-
-
-@kernel
 def build_path(m: Machine, pid: int, vpn: int, leaf_level: int) -> tuple[int, int]:
     """Add the table pages ``vpn`` lacks down to ``leaf_level``; return its (table, index).
 

@@ -778,16 +778,6 @@ class Kernel:
         """Page-table pages of ``pid``."""
         return int(self.proc[pid, P_TABLES])
 
-    def list_order(self, pid: int | None = None) -> list[int]:
-        """Frames on a replacement list, head (next victim) first."""
-        lid = 0 if pid is None or self.cfg[K_LOCAL] == 0 else pid + 1
-        out = []
-        f = int(self.lists[lid, L_HEAD])
-        while f >= 0:
-            out.append(f)
-            f = int(self.frames.fi32[f, F_NEXT])  # F_NEXT
-        return out
-
     def resident_vpns(self, pid: int) -> list[int]:
         """Virtual page numbers of ``pid``'s base pages in memory, in frame order."""
         fi32, fi64 = self.frames.fi32, self.frames.fi64
@@ -890,11 +880,6 @@ class Kernel:
         )
         if not self._blocks:
             assert listed == data_frames, f"{listed} frames listed, {data_frames} data frames"
-
-
-def kernel_for(frames: int, policy: str = "lru", **kw: object) -> Kernel:
-    """Shorthand: a kernel with ``frames`` frames and the given policy."""
-    return Kernel(KernelConfig(frames=frames, policy=policy, **kw))  # type: ignore[arg-type]
 
 
 def regions_covering(vpns: np.ndarray, page_size: int, gap: int = 256) -> list[Region]:

@@ -31,7 +31,6 @@ from memvirt.dataplane.layout import (
     FR_PINNED,
     FR_REFERENCED,
     FR_TABLE,
-    G_NEXT_USE,
     G_TOKEN,
     G_VPN,
     N_FI32,
@@ -119,11 +118,6 @@ class FramePool:
     def links(self, pfn: int) -> tuple[int, int]:
         """The previous and next frames on ``pfn``'s replacement list."""
         return int(self.fi32[pfn, F_PREV]), int(self.fi32[pfn, F_NEXT])
-
-    def next_use_column(self) -> np.ndarray:
-        """The per-frame next-use array that the opt policy keeps."""
-        column: np.ndarray = self.fi64[:, G_NEXT_USE]
-        return column
 
 
 @dataclass(frozen=True)
