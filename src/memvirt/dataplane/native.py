@@ -196,7 +196,7 @@ def tlb_geometry(m: Machine, lvl: int) -> tuple[int, int]:
 @inlined
 def tlb_set(key: int, sets: int) -> int:
     """The set of ``key``: key mod sets (a mask when sets is a power of two, as in hardware)."""
-    if sets & (sets - 1) == 0:
+    if (sets & (sets - 1)) == 0:
         return key & (sets - 1)
     return key % sets
 
