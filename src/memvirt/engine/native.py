@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,14 +32,15 @@ from memvirt.workloads.synthetic import Stream, WorkloadSpec
 SCHEMA_VERSION = 1
 
 
-class AccessSource:
+class AccessSource(Protocol):
     """Where a process's accesses come from: ``take(n)`` gives up to ``n`` more."""
 
-    def take(self, n: int) -> Trace:  # pragma: no cover - interface
-        raise NotImplementedError
+    def take(self, n: int) -> Trace:
+        """The next accesses, at most ``n``; none when the source is exhausted."""
+        ...
 
 
-class WorkloadSource(AccessSource):
+class WorkloadSource:
     """A synthetic workload whose page 0 is the process's virtual page ``base_vpn``."""
 
     def __init__(self, spec: WorkloadSpec, seed: int, base_vpn: int) -> None:
@@ -51,7 +52,7 @@ class WorkloadSource(AccessSource):
         return Trace(chunk.addresses + self.base_vpn, chunk.writes, page_numbers=True)
 
 
-class TraceSource(AccessSource):
+class TraceSource:
     """A trace file, read chunk by chunk; page numbers already, or addresses to shift."""
 
     def __init__(self, chunks: Iterator[Trace], offset_bits: int) -> None:
