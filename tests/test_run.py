@@ -97,10 +97,21 @@ def test_the_python_api_gives_the_summary_and_a_dataframe() -> None:
     assert (frame["throughput"] > 0).all()
 
 
-def test_a_scenario_with_virtual_machines_is_refused_clearly() -> None:
-    result = runner.invoke(app, ["run", str(EXAMPLES / "two-level-nested.toml")])
-    assert result.exit_code == 2
-    assert "virtual machines" in result.stderr and "native scenarios only" in result.stderr
+def test_a_scenario_with_virtual_machines_runs_and_reports_each_vm(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["run", str(EXAMPLES / "two-level-nested.toml"), "--set", "run.accesses=40000",
+         "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mode"] == "nested" and summary["overcommit_ratio"] == 1.5
+    for vm in summary["vms"]:
+        for key in ("name", "real_pages", "accesses", "tlb_misses", "walk_memory_references",
+                    "guest_faults", "host_faults", "guest_swap_ins", "guest_swap_outs",
+                    "host_swap_ins", "host_swap_outs", "throughput", "simulated_seconds",
+                    "processes"):  # fmt: skip
+            assert key in vm, key
 
 
 @pytest.mark.parametrize(

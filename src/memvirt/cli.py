@@ -523,6 +523,16 @@ def run_command(
         sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return
     console = Console()
+    if "vms" in summary:
+        _print_vms(console, scenario, summary)
+    else:
+        _print_processes(console, scenario, summary)
+    if out is not None:
+        console.print(f"summary written to {escape(str(out / 'summary.json'))}")
+
+
+def _print_processes(console: Console, scenario: Path, summary: dict[str, Any]) -> None:
+    """The table of a native run: one row per process."""
     host = summary["host"]
     console.print(
         f"[bold]{escape(str(scenario))}[/]: {summary['simulated_seconds']:.3f} simulated s, "
@@ -530,16 +540,8 @@ def run_command(
         f"virtual/physical {summary['virtual_memory_ratio']:.2f}"
     )
     table = Table(show_header=True)
-    for column in (
-        "process",
-        "accesses",
-        "faults",
-        "major",
-        "writebacks",
-        "TLB misses",
-        "throughput /s",
-        "ended",
-    ):
+    for column in ("process", "accesses", "faults", "major", "writebacks", "TLB misses",
+                   "throughput /s", "ended"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("process", "ended") else "right")
     for p in summary["processes"]:
         ended = "killed" if p["killed"] else ("finished" if p["finished"] else "running")
@@ -551,8 +553,33 @@ def run_command(
     for p in summary["processes"]:
         if p["killed"]:
             console.print(f"[yellow]{escape(p['name'])}:[/] {escape(p['killed'])}")
-    if out is not None:
-        console.print(f"summary written to {escape(str(out / 'summary.json'))}")
+
+
+def _print_vms(console: Console, scenario: Path, summary: dict[str, Any]) -> None:
+    """The table of a run with VMs: one row per VM."""
+    host = summary["host"]
+    console.print(
+        f"[bold]{escape(str(scenario))}[/]: {summary['simulated_seconds']:.3f} simulated s, "
+        f"{summary['mode']} paging, {host['physical_pages']:,} frames of "
+        f"{host['page_size']:,} B, overcommitted {summary['overcommit_ratio']:.2f}x"
+    )
+    table = Table(show_header=True)
+    for column in ("VM", "accesses", "TLB misses", "walk refs", "guest faults",
+                   "host faults", "host swap in/out", "VM exits", "throughput /s"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "VM" else "right")
+    for vm in summary["vms"]:
+        table.add_row(
+            vm["name"], f"{vm['accesses']:,}", f"{vm['tlb_misses']:,}",
+            f"{vm['walk_memory_references']:,}", f"{vm['guest_faults']:,}",
+            f"{vm['host_faults']:,}", f"{vm['host_swap_ins']:,} / {vm['host_swap_outs']:,}",
+            f"{vm['vm_exits']:,}", f"{vm['throughput']:,.0f}",
+        )  # fmt: skip
+    console.print(table)
+    for vm in summary["vms"]:
+        for p in vm["processes"]:
+            if p["killed"]:
+                console.print(f"[yellow]{escape(vm['name'])}/{escape(p['name'])}:[/] "
+                              f"{escape(p['killed'])}")  # fmt: skip
 
 
 @app.command("explain")
@@ -587,19 +614,39 @@ def explain_command(
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
     console = Console(highlight=False)
+    two_level = out["mode"] != "native"
+    where = f"VM {out['vm']}, " if two_level else ""
     console.print(
-        f"[bold]{escape(out['process'])}[/]: virtual address {out['virtual_address']:#x} "
-        f"({out['mode']}, {out['guest_levels']}-level page table)"
+        f"[bold]{escape(where + out['process'])}[/]: virtual address "
+        f"{out['virtual_address']:#x} ({out['mode']} paging, {out['guest_levels']}-level "
+        + (f"guest and {out['host_levels']}-level host tables)" if two_level else "table)")
     )
     table = Table(show_header=True)
-    for column in ("level", "table frame", "index", "entry address", "entry"):
+    columns = ["level", "table frame", "index", "entry address", "entry"]
+    if two_level:
+        columns = ["level", "table (real page)", "index", "entry: real address",
+                   "physical address", "host refs", "entry"]  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "entry" else "right")
     for step in out["steps"]:
-        table.add_row(
-            str(step["level"]), str(step["table_frame"]), str(step["index"]),
-            f"{step['entry_address']:#x}", escape(step["meaning"]),
-        )  # fmt: skip
+        if two_level:
+            pa = step["entry_physical_address"]
+            table.add_row(
+                str(step["level"]), str(step["table_real_frame"]), str(step["index"]),
+                f"{step['entry_real_address']:#x}", "swapped" if pa is None else f"{pa:#x}",
+                str(len(step["host_steps"])), escape(step["meaning"]),
+            )  # fmt: skip
+        else:
+            table.add_row(
+                str(step["level"]), str(step["table_frame"]), str(step["index"]),
+                f"{step['entry_address']:#x}", escape(step["meaning"]),
+            )  # fmt: skip
     console.print(table)
+    if two_level and out["real_address"] is not None:
+        console.print(
+            f"real address: {out['real_address']:#x}, translated by the host table in "
+            f"{len(out['data_host_steps'])} references"
+        )
     pa = out["physical_address"]
     console.print(
         f"physical address: {pa:#x}" if pa is not None else "the page is not in memory",

@@ -107,7 +107,9 @@ S_FAULT_KIND = 9  # why a segfault happened: 1 no region, 2 write to read-only
 S_OOM_KILLS = 10
 S_LAST_ASID = 11  # address space last run, for flush-on-switch
 S_TLB_FLUSHES = 12
-N_STATE = 13
+S_REC_N = 13  # entries written to the walk record
+S_RING_N = 14  # evictions written to the eviction ring
+N_STATE = 15
 
 # --- configuration ---------------------------------------------------------------
 K_LEVELS = 0
@@ -122,7 +124,9 @@ K_TLB2_WAYS = 8
 K_FLUSH_ON_SWITCH = 9
 K_HUGE_SHIFT = 10  # vpn bits below a huge leaf (9 on x86-64)
 K_HAS_HUGE = 11
-N_CFG = 12
+K_RECORD = 12  # 1: record the frames every walk reads (for a hypervisor below)
+K_RING = 13  # 1: log every eviction (owner, vpn) in the eviction ring
+N_CFG = 14
 
 # policy codes
 POLICY_FIFO = 0
@@ -137,6 +141,7 @@ STOP_SEGFAULT = 1
 STOP_OOM = 2  # a frame or swap slot is needed and none can be had
 STOP_NEED_TABLES = 3  # the table-page pool must grow (control plane)
 STOP_SIGBUS = 4  # the huge-page pool is exhausted
+STOP_RECORD_FULL = 5  # the walk record is full: the layer above must drain it
 
 SEGV_NO_REGION = 1
 SEGV_READ_ONLY = 2

@@ -60,6 +60,8 @@ from .layout import (
     K_LEVELS,
     K_LOCAL,
     K_POLICY,
+    K_RECORD,
+    K_RING,
     K_TLB1_SETS,
     K_TLB1_WAYS,
     K_TLB2_SETS,
@@ -100,6 +102,8 @@ from .layout import (
     S_FREE_TOP,
     S_HUGE_TOP,
     S_LAST_ASID,
+    S_REC_N,
+    S_RING_N,
     S_RNG,
     S_SWAP_TOP,
     S_TABLE_FREE_TOP,
@@ -112,6 +116,7 @@ from .layout import (
     STOP_DONE,
     STOP_NEED_TABLES,
     STOP_OOM,
+    STOP_RECORD_FULL,
     STOP_SEGFAULT,
     STOP_SIGBUS,
     TLB_ASID_SHIFT,
@@ -483,6 +488,12 @@ def evict(m: Machine, lid: int) -> bool:
     else:
         m.tables[t, idx] = 0
     m.pctr[q, C_EVICTIONS] += 1
+    if m.cfg[K_RING] != 0:  # tell the layer above which page left (a TLB shootdown)
+        n = m.st[S_RING_N]
+        if n < m.ring.shape[0]:
+            m.ring[n, 0] = q
+            m.ring[n, 1] = vpn
+        m.st[S_RING_N] = n + 1
     tlb_invalidate(m, q, vpn, False)
     list_remove(m.lists, m.fi32, lid, f)
     m.proc[q, P_RESIDENT] -= 1
@@ -662,7 +673,13 @@ def run_batch(
 
     stop = end
     reason = STOP_DONE
+    recording = m.cfg[K_RECORD] != 0
+    record = m.record
+    rec_n = st[S_REC_N]
     for i in range(start, end):
+        if recording and rec_n + levels + 1 > record.shape[1]:
+            stop, reason = i, STOP_RECORD_FULL
+            break
         vpn = vpns[i]
         w = writes[i] != 0
         val = -1
@@ -707,6 +724,9 @@ def run_batch(
             while True:
                 idx = (vpn >> shifts[lvl]) & masks[lvl]
                 e = tables[t, idx]
+                if recording:  # the table page read, for the hypervisor's pass
+                    record[0, rec_n + n_refs] = m.table_frame[t]
+                    record[1, rec_n + n_refs] = 0
                 n_refs += 1
                 if (e & PTE_PRESENT) == 0 or lvl == levels - 1 or (e & PTE_HUGE) != 0:
                     break
@@ -731,6 +751,10 @@ def run_batch(
                     stop, reason = i, why
                     break
                 loaded = (tv & TV_HUGE) == 0
+            if recording:  # and the data page itself
+                record[0, rec_n + n_refs] = pfn
+                record[1, rec_n + n_refs] = 1 if w else 0
+                rec_n += n_refs + 1
             walks += 1
             refs += n_refs
             # --- fill the TLB, every level
@@ -765,6 +789,7 @@ def run_batch(
         elif hit_level == 1:
             l2_hits += 1
 
+    st[S_REC_N] = rec_n
     # --- counters of the accesses that happened
     done = stop - start
     c = m.pctr

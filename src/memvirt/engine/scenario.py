@@ -5,10 +5,9 @@ time and returns a :class:`RunResult`: the summary as a dictionary (the
 layout of ``summary.json``, documented in docs/scenarios.md) and the
 per-process counters as a pandas DataFrame.
 
-Native scenarios (processes on the host, one-level mapping) run today.
-Scenarios with virtual machines are validated but refused by :func:`run`
-with a clear message: the hypervisor, two-level mapping and host swapping
-are the next part of the simulator.
+A native scenario runs processes on one kernel (one-level mapping,
+:mod:`memvirt.engine.native`); a scenario with VMs runs a hypervisor and a
+guest kernel per VM (two-level mapping, :mod:`memvirt.engine.virtual`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memvirt.config import ProcessConfig, Scenario, ScenarioError
+from memvirt.config import ProcessConfig, Scenario
 from memvirt.engine.native import (
     AccessSource,
     NativeMachine,
@@ -31,6 +30,7 @@ from memvirt.engine.native import (
     WorkloadSource,
     trace_regions,
 )
+from memvirt.engine.virtual import VirtualizedMachine
 from memvirt.kernel.kernel import Region
 
 if TYPE_CHECKING:
@@ -115,26 +115,28 @@ def plan_process(proc: ProcessConfig, seed: int, page_size: int, offset_bits: in
     )
 
 
-def build(scenario: Scenario) -> NativeMachine:
+def build(scenario: Scenario) -> NativeMachine | VirtualizedMachine:
     """The machine that ``scenario`` describes, ready to run."""
-    if not scenario.is_native:
-        raise ScenarioError(
-            f"{scenario.source}: this scenario has virtual machines; this version of memvirt "
-            "runs native scenarios only (processes on the host, one-level mapping)"
-        )
     host = scenario.host
     geometry = host.geometry()
-    seeds = process_seeds(scenario.run.seed, len(scenario.processes))
-    plans = [
-        plan_process(proc, seed, geometry.page_size, geometry.offset_bits)
-        for proc, seed in zip(scenario.processes, seeds, strict=True)
-    ]
-    return NativeMachine(
-        host.kernel_config(seed=scenario.run.seed),
-        plans,
-        cost=scenario.cost,
-        quantum=scenario.run.quantum_accesses,
-    )
+    if scenario.is_native:
+        seeds = process_seeds(scenario.run.seed, len(scenario.processes))
+        plans = [
+            plan_process(proc, seed, geometry.page_size, geometry.offset_bits)
+            for proc, seed in zip(scenario.processes, seeds, strict=True)
+        ]
+        return NativeMachine(
+            host.kernel_config(seed=scenario.run.seed),
+            plans,
+            cost=scenario.cost,
+            quantum=scenario.run.quantum_accesses,
+        )
+    procs = [(vm.name, proc) for vm in scenario.vms for proc in vm.processes]
+    seeds = process_seeds(scenario.run.seed, len(procs))
+    by_vm: dict[str, list[ProcessPlan]] = {vm.name: [] for vm in scenario.vms}
+    for (vm_name, proc), seed in zip(procs, seeds, strict=True):
+        by_vm[vm_name].append(plan_process(proc, seed, geometry.page_size, geometry.offset_bits))
+    return VirtualizedMachine(scenario, by_vm, quantum=scenario.run.quantum_accesses)
 
 
 def run(scenario: Scenario) -> RunResult:

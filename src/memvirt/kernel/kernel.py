@@ -111,6 +111,7 @@ from memvirt.dataplane.layout import (
     STOP_DONE,
     STOP_NEED_TABLES,
     STOP_OOM,
+    STOP_RECORD_FULL,
     STOP_SEGFAULT,
     STOP_SIGBUS,
     TLB_ASID_SHIFT,
@@ -355,6 +356,8 @@ class Kernel:
         self.kills: list[KillRecord] = []
         self._blocks: list[tuple[int, int, int]] = []  # (start, frames, pid) without VM
         self._empty_next_use = np.zeros(0, dtype=np.int64)
+        self.record = np.zeros((2, 1), dtype=np.int64)
+        self.ring = np.zeros((1, 2), dtype=np.int64)
 
     @property
     def machine(self) -> Machine:
@@ -381,6 +384,8 @@ class Kernel:
             self.proc,
             self.regions,
             self.lists,
+            self.record,
+            self.ring,
         )
 
     # ------------------------------------------------------------------ processes
@@ -593,6 +598,10 @@ class Kernel:
             if reason == STOP_DONE:
                 break
             va = int(self.st[S_FAULT_VPN]) << self.geometry.offset_bits
+            if reason == STOP_RECORD_FULL:
+                raise KernelError(
+                    "the walk record is full: run fewer accesses between drains of the record"
+                )
             if reason == STOP_NEED_TABLES:
                 self._ensure_tables(self.geometry.levels)
             elif reason == STOP_SEGFAULT:

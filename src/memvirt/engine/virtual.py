@@ -1,0 +1,270 @@
+"""A host with virtual machines: two-level mapping, in simulated time.
+
+The hypervisor is a :class:`~memvirt.kernel.kernel.Kernel` on the host's
+physical memory whose *processes are the VMs*: a VM's real address space is
+one region ``[0, real memory)``, and the host kernel's page table for it is
+the hypervisor's real → physical table, a radix tree in host memory. A real
+page gets a physical frame on first touch (a host fault); when no frame is
+free the host kernel swaps out a real page of some VM to the host swap —
+chosen at random, as ESX does (``swap_victim = "random"``), or by clock as
+an LRU approximation — and the guest does not know.
+
+Each VM runs a guest :class:`Kernel` on its real memory: its frames are
+real pages. A guest process's access goes through the guest's TLB (tagged
+by VM and process); on a miss the guest walk reads ``n`` guest entries,
+each in a guest page-table page whose real page the hypervisor must
+translate, and then the data page's real page:
+
+- **nested paging** (two-dimensional walk, Bhargava et al., ASPLOS 2008):
+  every one of those ``n + 1`` real pages is translated by an ``m``-level
+  walk of the host table, ``n + (n + 1) m = (n + 1)(m + 1) - 1`` references
+  — 24 for 4 + 4 levels, 35 for 5 + 5;
+- **shadow paging**: the hypervisor keeps a virtual → physical shadow table
+  per guest process, so a TLB miss walks ``n`` levels only; every write of a
+  guest page-table entry (a guest fault, an eviction) traps to the
+  hypervisor — a VM exit — to keep the shadow in step.
+
+How it is computed: the guest's data plane records the real pages each walk
+reads; the host kernel then runs those real pages as accesses of the VM's
+process without a TLB, so its walks are the host part of the 2-D walk and
+its faults are host faults. When the host evicts a real page, the guest TLB
+entries that map it are shot down. Within one quantum the guest runs before
+the host, so a guest TLB hit on a page the host evicted earlier in the same
+quantum is not seen; quanta are kept short for that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from memvirt.config import Scenario, ScenarioError
+from memvirt.dataplane import native
+from memvirt.dataplane.layout import K_RECORD, K_RING, S_REC_N, S_RING_N
+from memvirt.engine.cost import stall_ns
+from memvirt.engine.loop import EventLoop
+from memvirt.engine.native import SCHEMA_VERSION, ProcessPlan, ProcessReport
+from memvirt.kernel.kernel import Kernel, KernelConfig, Region
+
+#: Evictions the host logs per pass before the guests' TLBs are flushed whole.
+RING_CAPACITY = 1 << 16
+
+
+@dataclass
+class VM:
+    """One virtual machine: its host process, its guest kernel and its processes."""
+
+    name: str
+    host_pid: int
+    guest: Kernel
+    real_pages: int
+    reports: list[ProcessReport] = field(default_factory=list)
+    vm_exits: int = 0
+    guest_refs: int = 0
+    host_refs: int = 0
+
+
+class VirtualizedMachine:
+    """A hypervisor, its VMs and their guest processes, run by one event loop."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        plans: dict[str, list[ProcessPlan]],
+        *,
+        quantum: int,
+    ) -> None:
+        host = scenario.host
+        hyp = scenario.hypervisor
+        if hyp is None:  # pragma: no cover - the config gives VMs a hypervisor table
+            raise ScenarioError(f"{scenario.source}: VMs need a [hypervisor] table")
+        self.scenario = scenario
+        self.paging = hyp.paging
+        self.cost = scenario.cost
+        self.quantum = quantum
+        page = host.page_size
+        self.host = Kernel(
+            KernelConfig(
+                frames=host.frames,
+                geometry=host.geometry(),
+                policy="random" if hyp.swap_victim == "random" else "clock",
+                tlb=None,
+                swap_slots=hyp.host_swap.size // page,
+                swap_kind=hyp.host_swap.device,
+                seed=scenario.run.seed,
+                max_processes=max(1, len(scenario.vms)),
+            )
+        )
+        self.host.cfg[K_RING] = 1
+        self.host.ring = np.zeros((RING_CAPACITY, 2), dtype=np.int64)
+        self.vms: list[VM] = []
+        self.loop = EventLoop()
+        self.total_accesses = 0
+        for k, vmc in enumerate(scenario.vms):
+            host_pid = self.host.spawn([Region(0, vmc.memory, name="real memory")], name=vmc.name)
+            geometry = vmc.geometry(host)
+            guest = Kernel(
+                KernelConfig(
+                    frames=vmc.memory // page,
+                    geometry=geometry,
+                    policy=vmc.guest.policy,
+                    tlb=host.tlb_config(),
+                    swap_slots=vmc.guest.swap // page,
+                    seed=scenario.run.seed + k + 1,
+                    max_processes=max(1, len(vmc.processes)),
+                )
+            )
+            guest.cfg[K_RECORD] = 1
+            guest.record = np.zeros((2, quantum * (geometry.levels + 1) + 8), dtype=np.int64)
+            vm = VM(vmc.name, host_pid, guest, vmc.memory // page)
+            self.vms.append(vm)
+            for plan in plans[vmc.name]:
+                pid = guest.spawn(plan.regions, name=plan.name)
+                report = ProcessReport(plan.name, pid, start_ns=plan.start_s * 1e9)
+                vm.reports.append(report)
+                self.loop.add(f"{vm.name}/{plan.name}", self._turn(vm, plan, report),
+                              plan.start_s * 1e9)  # fmt: skip
+
+    def _turn(self, vm: VM, plan: ProcessPlan, report: ProcessReport) -> Any:
+        guest, host = vm.guest, self.host
+        ns_per_access = 1e9 / plan.rate
+        cost = self.cost
+
+        def turn(now: float) -> float | None:
+            if not guest.alive(report.pid) or not host.alive(vm.host_pid):
+                if report.killed is None and not host.alive(vm.host_pid):
+                    report.killed = f"its VM {vm.name} was stopped by the host"
+                return None
+            n = self.quantum
+            if plan.accesses is not None:
+                n = min(n, plan.accesses - guest.counters(report.pid)["accesses"])
+            chunk = plan.source.take(n) if n > 0 else None
+            if chunk is None or len(chunk) == 0:
+                report.finished = True
+                report.end_ns = now
+                return None
+            g0, h0 = guest.counters(), host.counters(vm.host_pid)
+            guest.st[S_REC_N] = 0
+            done = guest.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
+            self._host_pass(vm)
+            g1, h1 = guest.counters(), host.counters(vm.host_pid)
+            gd = {k: g1[k] - g0[k] for k in g1}
+            hd = {k: h1[k] - h0[k] for k in h1}
+            took = done * ns_per_access + stall_ns(cost, gd)
+            took += hd["minor_faults"] * cost.host_fault_ns
+            took += hd["major_faults"] * (cost.host_fault_ns + cost.swap_read_ns)
+            took += hd["writebacks"] * cost.swap_write_ns
+            vm.guest_refs += gd["walk_memory_references"]
+            if self.paging == "nested":
+                vm.host_refs += hd["walk_memory_references"]
+                took += hd["walk_memory_references"] * cost.memory_reference_ns
+            else:
+                # every guest page-table write traps so the shadow table follows it
+                exits = gd["minor_faults"] + gd["major_faults"] + gd["evictions"]
+                vm.vm_exits += exits
+                took += exits * cost.vm_exit_ns
+            report.busy_ns += took
+            report.end_ns = now + took
+            self.total_accesses += done
+            if done < len(chunk):
+                report.killed = guest.kills[-1].reason if guest.kills else "killed"
+                return None
+            return took
+
+        return turn
+
+    def _host_pass(self, vm: VM) -> None:
+        """Translate the real pages the guest's walks read; shoot down what the host evicts."""
+        n = int(vm.guest.st[S_REC_N])
+        if n == 0 or not self.host.alive(vm.host_pid):
+            return
+        pages = np.ascontiguousarray(vm.guest.record[0, :n])
+        writes = np.ascontiguousarray(vm.guest.record[1, :n])
+        self.host.st[S_RING_N] = 0
+        self.host.run(vm.host_pid, pages, writes, page_numbers=True)
+        evicted = int(self.host.st[S_RING_N])
+        by_pid = {v.host_pid: v for v in self.vms}
+        if evicted > RING_CAPACITY:
+            for other in self.vms:
+                native.tlb_flush_asid(other.guest.machine, -1)
+            return
+        for owner, real_page in self.host.ring[:evicted]:
+            target = by_pid.get(int(owner))
+            if target is None:
+                continue
+            g = target.guest
+            gpid = g.frames.owner(int(real_page))
+            flags = g.frames.flags(int(real_page))
+            if gpid >= 0 and not flags.table:
+                native.tlb_invalidate(g.machine, gpid, g.frames.vpn(int(real_page)), flags.huge)
+
+    def run(self, seconds: float | None = None, accesses: int | None = None) -> float:
+        """Run until ``seconds``, ``accesses`` in all, or every process ends; seconds reached."""
+        until = None if seconds is None else seconds * 1e9
+
+        def stop() -> bool:
+            return accesses is not None and self.total_accesses >= accesses
+
+        end = self.loop.run(until, stop)
+        for vm in self.vms:
+            for report in vm.reports:
+                report.counters = vm.guest.counters(report.pid)
+                if report.killed is None:
+                    kill = next((k for k in vm.guest.kills if k.pid == report.pid), None)
+                    report.killed = None if kill is None else kill.reason
+        ends = [r.end_ns / 1e9 for vm in self.vms for r in vm.reports]
+        return max([end / 1e9, *ends])
+
+    def summary(self, simulated_seconds: float) -> dict[str, Any]:
+        """The run's summary (docs/scenarios.md gives the layout)."""
+        host = self.host
+        vms = []
+        for vm in self.vms:
+            g = vm.guest.counters()
+            h = host.counters(vm.host_pid)
+            start = min((r.start_ns for r in vm.reports), default=0.0)
+            end = max((r.end_ns for r in vm.reports), default=0.0)
+            seconds = (end - start) / 1e9
+            vms.append(
+                {
+                    "name": vm.name,
+                    "real_pages": vm.real_pages,
+                    "accesses": g["accesses"],
+                    "tlb_misses": g["tlb_misses"],
+                    "walk_memory_references": vm.guest_refs + vm.host_refs,
+                    "guest_walk_references": vm.guest_refs,
+                    "host_walk_references": vm.host_refs,
+                    "guest_faults": g["faults"],
+                    "host_faults": h["faults"],
+                    "guest_swap_ins": g["swap_ins"],
+                    "guest_swap_outs": g["swap_outs"],
+                    "host_swap_ins": h["swap_ins"],
+                    "host_swap_outs": h["swap_outs"],
+                    "vm_exits": vm.vm_exits,
+                    "host_resident_pages": host.resident(vm.host_pid),
+                    "host_swapped_pages": host.swapped(vm.host_pid),
+                    "throughput": g["accesses"] / seconds if seconds > 0 else 0.0,
+                    "simulated_seconds": seconds,
+                    "stopped": not host.alive(vm.host_pid),
+                    "processes": [r.summary() for r in vm.reports],
+                }
+            )
+        stats = host.stats()
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "mode": self.paging,
+            "simulated_seconds": simulated_seconds,
+            "host": {
+                "physical_pages": host.config.frames,
+                "page_size": host.page_size,
+                "free_pages": stats["free_frames"],
+                "table_pages": stats["table_pages"],
+                "swap_slots": stats["swap_slots"],
+                "swap_used": stats["swap_used"],
+                "oom_kills": stats["oom_kills"],
+            },
+            "overcommit_ratio": self.scenario.overcommit_ratio,
+            "vms": vms,
+        }

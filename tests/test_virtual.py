@@ -1,0 +1,145 @@
+"""Virtual machines: two-level mapping, nested and shadow paging, host swapping."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from memvirt.config import ScenarioError, scenario_from_dict
+from memvirt.engine.explain import explain
+from memvirt.engine.scenario import build, run
+from memvirt.engine.virtual import VirtualizedMachine
+
+PAGE = 4096
+
+
+def two_vms(paging: str = "nested", **host: Any) -> dict[str, Any]:
+    """Two 8 MiB VMs on a 12 MiB host (1.33x overcommitted), each touching most of its memory."""
+    vm = {
+        "memory": "8MiB",
+        "guest": {"policy": "lru", "swap": "16MiB"},
+        "processes": [
+            {
+                "name": "p",
+                "memory": "6MiB",
+                "workload": {"kind": "zipf", "pages": 1536, "alpha": 0.6, "write_fraction": 0.3},
+            }
+        ],
+    }
+    return {
+        "host": {"memory": "12MiB", **host},
+        "hypervisor": {"paging": paging, "host_swap": {"size": "32MiB"}},
+        "vms": [{"name": "a", **vm}, {"name": "b", **vm}],
+        "run": {"accesses": 60_000, "seed": 3, "quantum_accesses": 2000},
+    }
+
+
+@pytest.mark.parametrize(
+    ("levels", "paging", "refs"),
+    [(4, "nested", 24), (5, "nested", 35), (4, "shadow", 4), (5, "shadow", 5)],
+)
+def test_a_two_dimensional_walk_takes_the_textbook_number_of_references(
+    levels: int, paging: str, refs: int
+) -> None:
+    data = two_vms(paging, levels=levels)
+    for vm in data["vms"]:
+        vm["guest"]["levels"] = levels
+    out = explain(scenario_from_dict(data), vm="b")
+    assert out["mode"] == paging
+    assert (out["guest_levels"], out["host_levels"]) == (levels, levels)
+    assert out["memory_references"] == refs
+
+
+def test_every_guest_walk_sends_each_real_page_it_reads_through_the_host_table() -> None:
+    data = two_vms(tlb=False)
+    data["host"]["memory"] = "32MiB"  # room for both VMs: no host swapping
+    machine = build(scenario_from_dict(data))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=30_000)
+    for vm in machine.vms:
+        guest = vm.guest.counters()
+        host = machine.host.counters(vm.host_pid)
+        # a walk reads one guest entry per level it reaches, then the data page:
+        # each of those real pages is one translation by the host table
+        assert host["accesses"] == guest["walk_memory_references"] + guest["walks"]
+        # warm host walks read all 4 host levels; only first touches stop early
+        cold = host["minor_faults"]
+        assert 4 * (host["accesses"] - cold) <= host["walk_memory_references"]
+        assert host["walk_memory_references"] <= 4 * host["accesses"]
+
+
+def test_the_same_real_page_in_two_vms_maps_to_different_frames() -> None:
+    machine = build(scenario_from_dict(two_vms()))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=20_000)
+    a, b = machine.vms
+    both = sorted(set(a.guest.resident_vpns(0)) & set(b.guest.resident_vpns(0)))
+    assert both
+    real_a = a.guest.translate(0, both[0] * PAGE)
+    real_b = b.guest.translate(0, both[0] * PAGE)
+    assert real_a is not None and real_b is not None
+    pa = machine.host.translate(a.host_pid, real_a)
+    pb = machine.host.translate(b.host_pid, real_b)
+    assert pa is not None and pb is not None and pa != pb
+
+
+def test_the_same_virtual_address_in_two_processes_of_a_vm_maps_to_different_real_pages() -> None:
+    data = two_vms()
+    proc = data["vms"][0]["processes"][0]
+    data["vms"][0]["processes"] = [proc, {**proc, "name": "q"}]
+    machine = build(scenario_from_dict(data))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=20_000)
+    guest = machine.vms[0].guest
+    common = sorted(set(guest.resident_vpns(0)) & set(guest.resident_vpns(1)))
+    assert common
+    assert guest.translate(0, common[0] * PAGE) != guest.translate(1, common[0] * PAGE)
+
+
+def test_an_overcommitted_host_swaps_real_pages_behind_the_guests_backs() -> None:
+    result = run(scenario_from_dict(two_vms()))
+    summary = result.summary
+    assert summary["overcommit_ratio"] == pytest.approx(16 / 12)
+    assert summary["host"]["swap_used"] > 0
+    for vm in summary["vms"]:
+        assert vm["host_swap_outs"] > 0 and vm["host_faults"] > 0
+        assert vm["guest_swap_outs"] == 0  # the guest has memory enough: it never knows
+        assert not vm["stopped"]
+
+
+def test_no_guest_tlb_entry_maps_a_real_page_the_host_took_away() -> None:
+    machine = build(scenario_from_dict(two_vms()))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=40_000)
+    assert machine.host.counters()["evictions"] > 0
+    for vm in machine.vms:
+        vm.guest.check_tlb()
+        for entry in vm.guest.tlb_entries():
+            assert machine.host.translate(vm.host_pid, entry.pfn * PAGE) is not None
+        machine.host.check_invariants()
+
+
+def test_shadow_paging_walks_native_length_and_traps_page_table_writes() -> None:
+    nested = run(scenario_from_dict(two_vms("nested"))).summary["vms"][0]
+    shadow = run(scenario_from_dict(two_vms("shadow"))).summary["vms"][0]
+    assert shadow["host_walk_references"] == 0
+    assert shadow["walk_memory_references"] == shadow["guest_walk_references"]
+    assert shadow["vm_exits"] >= shadow["guest_faults"] > 0
+    assert nested["vm_exits"] == 0
+    assert nested["walk_memory_references"] > 4 * nested["guest_walk_references"]
+
+
+def test_a_virtualized_run_is_deterministic() -> None:
+    first = json.dumps(run(scenario_from_dict(two_vms())).summary, sort_keys=True)
+    again = json.dumps(run(scenario_from_dict(two_vms())).summary, sort_keys=True)
+    assert first == again
+
+
+def test_reservations_that_do_not_fit_are_refused() -> None:
+    data = two_vms()
+    for vm in data["vms"]:
+        vm["reservation"] = "7MiB"
+    with pytest.raises(ScenarioError, match="reservation"):
+        scenario_from_dict(data)
