@@ -193,3 +193,12 @@ def test_trace_info_of_an_empty_trace_is_an_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["trace", "info", str(empty), "--json"])
     assert result.exit_code == 2
     assert "no accesses" in result.stderr
+
+
+def test_random_frame_needs_page_tables() -> None:
+    result = runner.invoke(
+        app,
+        ["replay", str(TEXTBOOK), "--frames", "3", "--policy", "random-frame", "--no-page-tables"],
+    )
+    assert result.exit_code == 2
+    assert "needs page tables" in result.stderr

@@ -566,7 +566,7 @@ def test_errors_in_a_file_name_the_line_of_the_key(tmp_path: Path) -> None:
         load_scenario(path)
     assert str(info.value).splitlines() == [
         f"{path}:{guest_line}: vms.1.guest.policy = 'lruu': unknown replacement policy 'lruu': "
-        "known policies are clock, fifo, lru, opt, random",
+        "known policies are clock, fifo, lru, opt, random, random-frame",
         f"{path}:{workload_line}: vms.1.processes.0.workload.alpha = -1.1: Input should be "
         "greater than or equal to 0",
     ]

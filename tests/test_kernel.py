@@ -354,3 +354,22 @@ def test_bad_kernel_settings_are_refused() -> None:
     with pytest.raises(KernelError, match="needs the future"):
         k = kernel(8, policy="opt")
         k.run(k.spawn([Region(0, PAGE)]), pages(0))
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_random_frame_victims_are_pages_of_the_right_list(scope: str) -> None:
+    k = kernel(64, policy="random-frame", scope=scope, swap_slots=400, seed=5)
+    a = k.spawn([Region(0, 256 * PAGE)])
+    b = k.spawn([Region(1 << 30, 256 * PAGE)])
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        k.run(a, rng.integers(0, 200, 25) * PAGE, rng.random(25) < 0.5)
+        k.run(b, (1 << 30) + rng.integers(0, 200, 25) * PAGE)
+        k.check_invariants()
+        k.check_tlb()
+    c = k.counters()
+    assert c["evictions"] > 500
+    if scope == "local":  # each process replaced only its own pages, within its share
+        assert k.resident(a) <= 32 and k.resident(b) <= 32  # half of the 64 frames
+    # victims spread over pages: not the same few frames again and again
+    assert k.counters(a)["evictions"] > 100 and k.counters(b)["evictions"] > 100

@@ -60,6 +60,11 @@ class ReplayOptions:
             raise KernelError(f"--frames must be at least 1, got {self.frames}")
         get_policy(self.policy)
         if not self.page_tables:
+            if not get_policy(self.policy).flat:
+                raise KernelError(
+                    f"the {self.policy} policy draws frames: it needs page tables "
+                    "(drop --no-page-tables)"
+                )
             if self.tlb is not None:
                 raise KernelError("without page tables there is no TLB: add --no-tlb")
             if self.swap_slots is not None:

@@ -83,6 +83,7 @@ from .layout import (
     POLICY_LRU,
     POLICY_OPT,
     POLICY_RANDOM,
+    POLICY_RANDOM_FRAME,
     PTE_ACCESSED,
     PTE_DIRTY,
     PTE_HUGE,
@@ -405,6 +406,21 @@ def pick_victim(m: Machine, lid: int) -> int:
                 list_append(m.lists, m.fi32, lid, f)
             else:
                 return f
+    if policy == POLICY_RANDOM_FRAME:
+        # a frame drawn uniformly, again until it holds a page of this list: O(1)
+        # expected when memory is full (the usual case when a victim is needed)
+        nframes = m.fi32.shape[0]
+        for _ in range(64 * (nframes // size + 1)):
+            f = rng_next(m.st) % nframes
+            q = m.fi32[f, F_OWNER]
+            if (
+                q >= 0
+                and (m.fi32[f, F_FLAGS] & (FR_TABLE | FR_HUGE | FR_PINNED)) == 0
+                and list_id(m, q) == lid
+            ):
+                return f
+        # not found by chance (a list far smaller than memory): take the oldest
+        return m.lists[lid, L_HEAD]
     if policy == POLICY_RANDOM:
         k = rng_next(m.st) % size
         f = m.lists[lid, L_HEAD]

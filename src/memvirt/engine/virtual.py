@@ -6,8 +6,9 @@ one region ``[0, real memory)``, and the host kernel's page table for it is
 the hypervisor's real → physical table, a radix tree in host memory. A real
 page gets a physical frame on first touch (a host fault); when no frame is
 free the host kernel swaps out a real page of some VM to the host swap —
-chosen at random, as ESX does (``swap_victim = "random"``), or by clock as
-an LRU approximation — and the guest does not know.
+chosen at random, as ESX does (``swap_victim = "random"``: the
+``random-frame`` policy, a uniformly drawn frame), or by clock as an LRU
+approximation — and the guest does not know.
 
 Each VM runs a guest :class:`Kernel` on its real memory: its frames are
 real pages. A guest process's access goes through the guest's TLB (tagged
@@ -89,7 +90,7 @@ class VirtualizedMachine:
             KernelConfig(
                 frames=host.frames,
                 geometry=host.geometry(),
-                policy="random" if hyp.swap_victim == "random" else "clock",
+                policy="random-frame" if hyp.swap_victim == "random" else "clock",
                 tlb=None,
                 swap_slots=hyp.host_swap.size // page,
                 swap_kind=hyp.host_swap.device,

@@ -15,7 +15,13 @@ name fails listing the known ones.
 - ``opt``: Belady's MIN: the page whose next use is farthest in the future
   (never used again counts as farthest; ties go to the lowest page number).
   It needs the whole future, so only a replayed trace can use it.
-- ``random``: a page chosen uniformly by the run's seeded generator.
+- ``random``: a page chosen uniformly by the run's seeded generator (the
+  k-th page of the list, so the choice costs a walk of the list).
+- ``random-frame``: a frame chosen uniformly among all frames, drawn again
+  until it holds an evictable page: the same distribution over the pages
+  that can be evicted, in constant expected time when memory is full. The
+  hypervisor swaps real pages out this way (ESX picks its victims at
+  random, Waldspurger, OSDI 2002).
 
 Replacement is global (the victim may belong to any process) or local
 (each process replaces only its own pages, within an equal share of the
@@ -32,6 +38,7 @@ from memvirt.dataplane.layout import (
     POLICY_LRU,
     POLICY_OPT,
     POLICY_RANDOM,
+    POLICY_RANDOM_FRAME,
 )
 
 
@@ -45,6 +52,7 @@ class ReplacementPolicy:
     name: ClassVar[str]
     code: ClassVar[int]
     needs_future: ClassVar[bool] = False
+    flat: ClassVar[bool] = True  # replay --no-page-tables can run it
 
 
 class FIFO(ReplacementPolicy):
@@ -75,6 +83,14 @@ class Random(ReplacementPolicy):
     code = POLICY_RANDOM
 
 
+class RandomFrame(ReplacementPolicy):
+    """Evict the page in a uniformly drawn frame (drawn again until it holds one)."""
+
+    name = "random-frame"
+    code = POLICY_RANDOM_FRAME
+    flat = False
+
+
 class OPT(ReplacementPolicy):
     """Belady's MIN: evict the page whose next use is farthest away."""
 
@@ -84,7 +100,7 @@ class OPT(ReplacementPolicy):
 
 
 REGISTRY: dict[str, type[ReplacementPolicy]] = {
-    cls.name: cls for cls in (FIFO, LRU, Clock, OPT, Random)
+    cls.name: cls for cls in (FIFO, LRU, Clock, OPT, Random, RandomFrame)
 }
 
 
