@@ -50,7 +50,7 @@ from memvirt.engine.native import SCHEMA_VERSION, ProcessPlan, ProcessReport
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
 
 #: Evictions the host logs per pass before the guests' TLBs are flushed whole.
-RING_CAPACITY = 1 << 16
+RING_CAPACITY = 1 << 12
 
 
 @dataclass

@@ -348,7 +348,8 @@ class Kernel:
         self.lists = np.full((nproc + 1, N_LIST), -1, dtype=np.int64)
         self.lists[:, L_SIZE] = 0
         self.regions = np.zeros((0, 3), dtype=np.int64)
-        initial_tables = max(4, min(1024, config.frames // 64))
+        # one row per 512 frames to start (the leaf tables of a dense address space); grows
+        initial_tables = max(8, config.frames // 512 + 8)
         self.tables = np.zeros((initial_tables, geo.entries_per_table), dtype=np.int64)
         self.table_frame = np.full(initial_tables, -1, dtype=np.int32)
         self.table_free = np.zeros(initial_tables, dtype=np.int32)
