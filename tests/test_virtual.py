@@ -143,3 +143,10 @@ def test_reservations_that_do_not_fit_are_refused() -> None:
         vm["reservation"] = "7MiB"
     with pytest.raises(ScenarioError, match="reservation"):
         scenario_from_dict(data)
+
+
+def test_page_walk_caches_are_refused_until_they_are_modelled() -> None:
+    data = two_vms()
+    data["hypervisor"]["page_walk_caches"] = True
+    with pytest.raises(ScenarioError, match="page-walk caches are not modelled yet"):
+        build(scenario_from_dict(data))

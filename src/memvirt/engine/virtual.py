@@ -81,6 +81,11 @@ class VirtualizedMachine:
         hyp = scenario.hypervisor
         if hyp is None:  # pragma: no cover - the config gives VMs a hypervisor table
             raise ScenarioError(f"{scenario.source}: VMs need a [hypervisor] table")
+        if hyp.page_walk_caches:
+            raise ScenarioError(
+                f"{scenario.source}: hypervisor.page_walk_caches = true: page-walk caches are "
+                "not modelled yet; every nested walk reads all its entries (set it to false)"
+            )
         self.scenario = scenario
         self.paging = hyp.paging
         self.cost = scenario.cost
