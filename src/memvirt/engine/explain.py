@@ -44,17 +44,7 @@ def explain(
     if address is None:
         address = _touched(kernel, pid, name)
     walk = kernel.walk(pid, address)
-    steps = [
-        {
-            "level": s.level,
-            "table_frame": s.table_frame,
-            "index": s.index,
-            "entry_address": s.entry_address,
-            "entry": s.entry,
-            "meaning": describe_pte(s.entry),
-        }
-        for s in walk.steps
-    ]
+    steps = _walk_steps(walk)
     return {
         "mode": "native",
         "process": name,
@@ -92,7 +82,8 @@ def _touched(kernel: Kernel, pid: int, name: str) -> int:
     return resident[0] * kernel.page_size
 
 
-def _host_steps(walk: Walk) -> list[dict[str, Any]]:
+def _walk_steps(walk: Walk) -> list[dict[str, Any]]:
+    """Each level of ``walk``: the table page's frame, the index, the entry and its meaning."""
     return [
         {
             "level": s.level,
@@ -140,7 +131,7 @@ def _explain_two_level(
                 "entry_physical_address": hwalk.physical_address,
                 "entry": s.entry,
                 "meaning": describe_pte(s.entry),
-                "host_steps": _host_steps(hwalk) if nested else [],
+                "host_steps": _walk_steps(hwalk) if nested else [],
             }
         )
     real_address = None if gwalk.pfn is None else gwalk.pfn * page + address % page
@@ -156,7 +147,7 @@ def _explain_two_level(
         "host_levels": host.geometry.levels,
         "memory_references": refs,
         "steps": steps,
-        "data_host_steps": [] if final is None else _host_steps(final),
+        "data_host_steps": [] if final is None else _walk_steps(final),
         "virtual_address": address,
         "real_address": real_address,
         "physical_address": None if final is None else final.physical_address,
