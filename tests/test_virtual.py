@@ -150,3 +150,24 @@ def test_page_walk_caches_are_refused_until_they_are_modelled() -> None:
     data["hypervisor"]["page_walk_caches"] = True
     with pytest.raises(ScenarioError, match="page-walk caches are not modelled yet"):
         build(scenario_from_dict(data))
+
+
+def test_processes_of_a_vm_share_its_vcpus() -> None:
+    def busy_over_elapsed(vcpus: int) -> float:
+        data = two_vms()
+        vm = data["vms"][0]
+        proc = vm["processes"][0]
+        vm["processes"] = [proc, {**proc, "name": "q"}]
+        vm["vcpus"] = vcpus
+        data["vms"] = [vm]
+        data["run"] = {"seconds": 0.05, "seed": 3, "quantum_accesses": 1000}
+        machine = build(scenario_from_dict(data))
+        assert isinstance(machine, VirtualizedMachine)
+        elapsed = machine.run(seconds=0.05)
+        reports = machine.vms[0].reports
+        assert all(r.counters["accesses"] > 0 for r in reports)  # both got turns
+        return sum(r.busy_ns for r in reports) / 1e9 / elapsed
+
+    # one vCPU runs one process at a time; two run both at once
+    assert busy_over_elapsed(1) <= 1.0
+    assert busy_over_elapsed(2) > 1.8

@@ -25,6 +25,9 @@ translate, and then the data page's real page:
   guest page-table entry (a guest fault, an eviction) traps to the
   hypervisor — a VM exit — to keep the shadow in step.
 
+A VM's processes share its vCPUs (``vcpus``): process *i* runs on vCPU
+*i* mod ``vcpus``, and a vCPU runs its processes in turn, a quantum each.
+
 How it is computed: the guest's data plane records the real pages each walk
 reads; the host kernel then runs those real pages as accesses of the VM's
 process without a TLB, so its walks are the host part of the 2-D walk and
@@ -126,14 +129,19 @@ class VirtualizedMachine:
             guest.record = np.zeros((2, quantum * (geometry.levels + 1) + 8), dtype=np.int64)
             vm = VM(vmc.name, host_pid, guest, vmc.memory // page)
             self.vms.append(vm)
-            for plan in plans[vmc.name]:
+            # the VM's processes share its vCPUs: process i runs on vCPU i mod vcpus
+            queues: list[list[Any]] = [[] for _ in range(min(vmc.vcpus, len(plans[vmc.name])))]
+            for i, plan in enumerate(plans[vmc.name]):
                 pid = guest.spawn(plan.regions, name=plan.name)
                 report = ProcessReport(plan.name, pid, start_ns=plan.start_s * 1e9)
                 vm.reports.append(report)
-                self.loop.add(f"{vm.name}/{plan.name}", self._turn(vm, plan, report),
-                              plan.start_s * 1e9)  # fmt: skip
+                queues[i % len(queues)].append((plan.start_s * 1e9, self._turn(vm, plan, report)))
+            for c, queue in enumerate(queues):
+                first = min(start for start, _ in queue)
+                self.loop.add(f"{vm.name}/vcpu{c}", _vcpu(queue), first)
 
     def _turn(self, vm: VM, plan: ProcessPlan, report: ProcessReport) -> Any:
+        """One quantum of ``plan``'s process: the time it took, or None when it has ended."""
         guest, host = vm.guest, self.host
         ns_per_access = 1e9 / plan.rate
         cost = self.cost
@@ -274,3 +282,29 @@ class VirtualizedMachine:
             "overcommit_ratio": self.scenario.overcommit_ratio,
             "vms": vms,
         }
+
+
+def _vcpu(queue: list[Any]) -> Any:
+    """A vCPU that runs its processes in turn, a quantum each (round robin).
+
+    A process whose start time has not come waits; a process that has ended
+    leaves the queue; the vCPU stops when its queue is empty.
+    """
+    pending = list(queue)
+    turn_index = [0]
+
+    def turn(now: float) -> float | None:
+        while pending:
+            ready = [item for item in pending if item[0] <= now]
+            if not ready:  # idle until the next process starts
+                return float(min(start for start, _ in pending) - now)
+            start, process_turn = ready[turn_index[0] % len(ready)]
+            took = process_turn(now)
+            if took is None:
+                pending.remove((start, process_turn))
+                continue
+            turn_index[0] += 1
+            return float(took)
+        return None
+
+    return turn
