@@ -743,6 +743,7 @@ def run_batch(
                 if recording:  # the table page read, for the hypervisor's pass
                     record[0, rec_n + n_refs] = m.table_frame[t]
                     record[1, rec_n + n_refs] = 0
+                    record[2, rec_n + n_refs] = 1
                 n_refs += 1
                 if (e & PTE_PRESENT) == 0 or lvl == levels - 1 or (e & PTE_HUGE) != 0:
                     break
@@ -770,6 +771,7 @@ def run_batch(
             if recording:  # and the data page itself
                 record[0, rec_n + n_refs] = pfn
                 record[1, rec_n + n_refs] = 1 if w else 0
+                record[2, rec_n + n_refs] = 0
                 rec_n += n_refs + 1
             walks += 1
             refs += n_refs
@@ -872,3 +874,42 @@ def next_uses(keys: np.ndarray) -> np.ndarray:
         out[i] = last.get(k, NEVER)
         last[k] = i
     return out
+
+
+@kernel
+def walk_cache_filter(
+    pages: np.ndarray, is_table: np.ndarray, keys: np.ndarray, stamps: np.ndarray,
+    clock: np.ndarray, keep: np.ndarray,
+) -> int:  # fmt: skip
+    """Pass the guest-table real pages through a page-walk cache; return how many to keep.
+
+    ``keys``/``stamps`` are a fully associative LRU cache of real pages whose
+    host translation is cached (-1: empty). A guest page-table page found
+    there needs no host walk (``keep[i] = 0``); one not found is kept for
+    the host to translate, and cached. Data pages are always kept.
+    """
+    kept = 0
+    for i in range(pages.shape[0]):
+        if is_table[i] == 0:
+            keep[i] = 1
+            kept += 1
+            continue
+        page = pages[i]
+        clock[0] += 1
+        victim = 0
+        hit = False
+        for j in range(keys.shape[0]):
+            if keys[j] == page:
+                stamps[j] = clock[0]
+                hit = True
+                break
+            if stamps[j] < stamps[victim]:
+                victim = j
+        if hit:
+            keep[i] = 0
+        else:
+            keys[victim] = page
+            stamps[victim] = clock[0]
+            keep[i] = 1
+            kept += 1
+    return kept

@@ -36,5 +36,5 @@ class Machine(NamedTuple):
     proc: np.ndarray  # int64[procs, N_PROC] per-process state
     regions: np.ndarray  # int64[regions, 3] address-space regions
     lists: np.ndarray  # int64[procs + 1, N_LIST] replacement lists
-    record: np.ndarray  # int64[2, cap] frames read by walks, and whether written
+    record: np.ndarray  # int64[3, cap] frames read by walks, written?, a table page?
     ring: np.ndarray  # int64[cap, 2] evicted (owner, vpn), when the kernel logs them

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from memvirt.config import Scenario, ScenarioError
 from memvirt.engine.native import ProcessReport
 from memvirt.engine.scenario import build
@@ -121,7 +123,8 @@ def _explain_two_level(
     for s in gwalk.steps:
         real = s.table_frame * page + s.index * 8
         hwalk = host.walk(chosen.host_pid, real)
-        refs += 1 + (hwalk.memory_references if nested else 0)
+        cached = machine.walk_caches and bool(np.any(chosen.walk_cache == s.table_frame))
+        refs += 1 + (hwalk.memory_references if nested and not cached else 0)
         steps.append(
             {
                 "level": s.level,
@@ -131,7 +134,8 @@ def _explain_two_level(
                 "entry_physical_address": hwalk.physical_address,
                 "entry": s.entry,
                 "meaning": describe_pte(s.entry),
-                "host_steps": _walk_steps(hwalk) if nested else [],
+                "host_steps": _walk_steps(hwalk) if nested and not cached else [],
+                "walk_cache_hit": cached,
             }
         )
     real_address = None if gwalk.pfn is None else gwalk.pfn * page + address % page

@@ -357,7 +357,7 @@ class Kernel:
         self.kills: list[KillRecord] = []
         self._blocks: list[tuple[int, int, int]] = []  # (start, frames, pid) without VM
         self._empty_next_use = np.zeros(0, dtype=np.int64)
-        self.record = np.zeros((2, 1), dtype=np.int64)
+        self.record = np.zeros((3, 1), dtype=np.int64)
         self.ring = np.zeros((1, 2), dtype=np.int64)
 
     @property
