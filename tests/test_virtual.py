@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from memvirt.config import ScenarioError, scenario_from_dict
-from memvirt.engine.explain import explain
+from memvirt.dataplane.layout import S_REC_N
+from memvirt.engine.explain import explain, explain_two_level
 from memvirt.engine.scenario import build, run
 from memvirt.engine.virtual import VirtualizedMachine
 
@@ -180,3 +181,32 @@ def test_processes_of_a_vm_share_its_vcpus() -> None:
     # one vCPU runs one process at a time; two run both at once
     assert busy_over_elapsed(1) <= 1.0
     assert busy_over_elapsed(2) > 1.8
+
+
+def test_a_2mib_guest_page_shortens_the_nested_walk() -> None:
+    data = two_vms()
+    vm = data["vms"][1]
+    vm["guest"]["huge_pages"] = 2
+    vm["processes"][0]["regions"] = [{"start": 1 << 30, "length": 4 << 20, "huge": True}]
+    vm["processes"][0]["accesses"] = 5000
+    machine = build(scenario_from_dict(data))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=20_000)
+    vm_b = machine.vms[1]
+    vm_b.guest.st[S_REC_N] = 0  # the run's last quantum is already translated
+    assert vm_b.guest.access(0, (1 << 30) + 0x1234, write=True)
+    # the host backs the real pages the walk read, as after a quantum
+    machine._host_pass(vm_b)
+    out = explain_two_level(machine, vm="b", address=(1 << 30) + 0x1234)
+    # 3 guest entries (the leaf is one level up), each and the data page by 4 host references
+    assert out["memory_references"] == 3 + 4 * 4
+    assert out["physical_address"] is not None
+
+
+def test_a_huge_region_in_a_vm_needs_guest_huge_pages() -> None:
+    data = two_vms()
+    data["vms"][0]["processes"][0]["regions"] = [
+        {"start": 1 << 30, "length": 2 << 20, "huge": True}
+    ]
+    with pytest.raises(ScenarioError, match=r"needs guest.huge_pages > 0"):
+        scenario_from_dict(data)

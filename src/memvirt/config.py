@@ -479,8 +479,8 @@ class RegionConfig(BaseModel):
     writable: bool = Field(True, description="writes allowed; a write otherwise is a segfault")
     huge: bool = Field(
         False,
-        description="map with huge pages from the host's huge-page pool (start and length "
-        "aligned to the huge page size; native scenarios only)",
+        description="map with huge pages from the huge-page pool: the host's natively, the "
+        "guest's (guest.huge_pages) in a VM; start and length aligned to the huge page size",
     )
 
 
@@ -615,6 +615,12 @@ class GuestConfig(BaseModel):
     )
     levels: int = Field(
         4, ge=2, le=5, description="levels of the guest's page tables (4 on x86-64)"
+    )
+    huge_pages: int = Field(
+        0,
+        ge=0,
+        description="huge pages (2 MiB on x86-64) the guest reserves from its real memory, "
+        "as Linux's vm.nr_hugepages; regions marked huge in the VM's processes use them",
     )
 
 
@@ -889,8 +895,18 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
             whole(("vms", i, key), getattr(vm, key))
         whole(("vms", i, "guest", "swap"), vm.guest.swap)
         _check_processes(
-            found, ("vms", i, "processes"), vm.processes, vm.geometry(host), in_vm=True
-        )
+            found, ("vms", i, "processes"), vm.processes, vm.geometry(host), in_vm=True,
+            guest_huge_pages=vm.guest.huge_pages,
+        )  # fmt: skip
+        hs = vm.geometry(host).huge_page_size
+        if vm.guest.huge_pages * hs > vm.memory:
+            found.add(
+                ("vms", i, "guest", "huge_pages"),
+                vm.guest.huge_pages,
+                f"{vm.guest.huge_pages} huge pages of {_size(hs)} need "
+                f"{_size(vm.guest.huge_pages * hs)}, more than the VM's memory "
+                f"({_size(vm.memory)})",
+            )
     reserved = sum(vm.reservation for vm in s.vms)
     if reserved > host.memory:
         found.add(
@@ -909,6 +925,7 @@ def _check_processes(
     geometry: PageGeometry,
     *,
     in_vm: bool,
+    guest_huge_pages: int = 0,
 ) -> None:
     """Names unique on their machine; regions whole pages, apart, inside the address space;
     a workload's pages inside the regions."""
@@ -936,8 +953,8 @@ def _check_processes(
             if reg.length % ps:
                 found.add((*rloc, "length"), reg.length, f"must be {pages}")
             hs = geometry.huge_page_size
-            if reg.huge and in_vm:
-                found.add((*rloc, "huge"), True, "huge pages inside a VM are not modelled")
+            if reg.huge and in_vm and guest_huge_pages == 0:
+                found.add((*rloc, "huge"), True, "a huge region in a VM needs guest.huge_pages > 0")
             elif reg.huge and (reg.start % hs or reg.length % hs):
                 found.add((*rloc, "huge"), True, f"a huge region is aligned to {_size(hs)}")
         spans = sorted(proc.spans())

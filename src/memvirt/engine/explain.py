@@ -39,7 +39,7 @@ def explain(
     machine = build(scenario)
     machine.run(seconds=scenario.run.seconds, accesses=scenario.run.accesses)
     if isinstance(machine, VirtualizedMachine):
-        return _explain_two_level(machine, vm, process, address)
+        return explain_two_level(machine, vm=vm, process=process, address=address)
     kernel = machine.kernel
     pid = _pick(machine.reports, process)
     name = next(r.name for r in machine.reports if r.pid == pid)
@@ -99,10 +99,15 @@ def _walk_steps(walk: Walk) -> list[dict[str, Any]]:
     ]
 
 
-def _explain_two_level(
-    machine: VirtualizedMachine, vm: str | None, process: str | None, address: int | None
+def explain_two_level(
+    machine: VirtualizedMachine,
+    *,
+    vm: str | None = None,
+    process: str | None = None,
+    address: int | None = None,
 ) -> dict[str, Any]:
-    """The 2-D walk: each guest level's entry, found through the host table."""
+    """The 2-D walk in a machine that has run: each guest level's entry, found through
+    the host table, then the data page's real address, translated too."""
     names = [v.name for v in machine.vms]
     if vm is None:
         chosen = machine.vms[0]

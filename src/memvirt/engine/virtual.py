@@ -133,6 +133,7 @@ class VirtualizedMachine:
                     policy=vmc.guest.policy,
                     tlb=host.tlb_config(),
                     swap_slots=vmc.guest.swap // page,
+                    huge_pages=vmc.guest.huge_pages,
                     seed=scenario.run.seed + k + 1,
                     max_processes=max(1, len(vmc.processes)),
                 )
