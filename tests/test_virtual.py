@@ -210,3 +210,24 @@ def test_a_huge_region_in_a_vm_needs_guest_huge_pages() -> None:
     ]
     with pytest.raises(ScenarioError, match=r"needs guest.huge_pages > 0"):
         scenario_from_dict(data)
+
+
+def test_the_host_learns_of_writes_made_through_the_tlb() -> None:
+    machine = build(scenario_from_dict(two_vms()))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=40_000)
+    host = machine.host
+    assert host.counters()["writebacks"] > 0
+    for vm in machine.vms:
+        machine._sync_contents(vm)
+        for frame in range(host.config.frames):
+            if host.frames.owner(frame) != vm.host_pid or host.frames.flags(frame).table:
+                continue
+            real = host.frames.vpn(frame)
+            # the host frame holds what the guest last wrote to that real page...
+            assert host.frames.token(frame) == vm.guest.frames.token(real)
+            # ...and a swap copy it keeps is current: a changed page lost its copy
+            slot = host.frames.swap_slot(frame)
+            if slot >= 0:
+                assert int(host.swap.token[slot]) == host.frames.token(frame)
+                assert not host.frames.flags(frame).dirty

@@ -759,6 +759,8 @@ def run_batch(
                 updated = e | PTE_ACCESSED | (PTE_DIRTY if w else 0)
                 if updated != e:  # the walker writes the entry only when a bit changes
                     tables[t, idx] = updated
+                    if recording:  # ...and so writes the leaf table page
+                        record[1, rec_n + n_refs - 1] = 1
                 tv = (base << TV_SHIFT) | (TV_WRITABLE if e & PTE_WRITABLE else 0)
                 tv |= TV_DIRTY if (w or (e & PTE_DIRTY)) else 0
                 tv |= TV_HUGE if huge else 0
@@ -768,6 +770,8 @@ def run_batch(
                     stop, reason = i, why
                     break
                 loaded = (tv & TV_HUGE) == 0
+                if recording:  # the fault wrote the new entry into the leaf table page
+                    record[1, rec_n + n_refs - 1] = 1
             if recording:  # and the data page itself
                 record[0, rec_n + n_refs] = pfn
                 record[1, rec_n + n_refs] = 1 if w else 0

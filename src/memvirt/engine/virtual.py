@@ -50,7 +50,20 @@ import numpy as np
 
 from memvirt.config import Scenario, ScenarioError
 from memvirt.dataplane import native
-from memvirt.dataplane.layout import K_RECORD, K_RING, S_REC_N, S_RING_N
+from memvirt.dataplane.layout import (
+    F_FLAGS,
+    F_OWNER,
+    F_SLOT,
+    FR_DIRTY,
+    FR_HUGE,
+    FR_TABLE,
+    G_TOKEN,
+    G_VPN,
+    K_RECORD,
+    K_RING,
+    S_REC_N,
+    S_RING_N,
+)
 from memvirt.engine.cost import stall_ns
 from memvirt.engine.loop import EventLoop
 from memvirt.engine.native import SCHEMA_VERSION, ProcessPlan, ProcessReport
@@ -207,6 +220,7 @@ class VirtualizedMachine:
         n = int(vm.guest.st[S_REC_N])
         if n == 0 or not self.host.alive(vm.host_pid):
             return
+        self._sync_contents(vm)
         pages = np.ascontiguousarray(vm.guest.record[0, :n])
         writes = np.ascontiguousarray(vm.guest.record[1, :n])
         if self.walk_caches:
@@ -237,6 +251,32 @@ class VirtualizedMachine:
             flags = g.frames.flags(int(real_page))
             if gpid >= 0 and not flags.table:
                 native.tlb_invalidate(g.machine, gpid, g.frames.vpn(int(real_page)), flags.huge)
+
+    def _sync_contents(self, vm: VM) -> None:
+        """Give the host frames of ``vm`` the contents of the real pages they hold.
+
+        A real page's content is its guest frame's token. The guest writes pages
+        through its TLB without the host seeing each write, as the hardware does
+        through a cached translation; the hardware then sets the dirty bit of the
+        host entry. So, before the host acts, every host frame whose real page
+        changed takes the new token and turns dirty, and a host swap copy of it,
+        now stale, is given back: a later eviction writes the page out again.
+        """
+        hf32, hf64 = self.host.frames.fi32, self.host.frames.fi64
+        mine = (hf32[:, F_OWNER] == vm.host_pid) & ((hf32[:, F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
+        frames = np.flatnonzero(mine)
+        if frames.size == 0:
+            return
+        real = hf64[frames, G_VPN]
+        content = vm.guest.frames.fi64[real, G_TOKEN]
+        changed = frames[hf64[frames, G_TOKEN] != content]
+        if changed.size:
+            hf32[changed, F_FLAGS] |= FR_DIRTY
+            stale = hf32[changed, F_SLOT]
+            for slot in stale[stale >= 0]:
+                native.free_slot(self.host.machine, int(slot))
+            hf32[changed, F_SLOT] = -1
+            hf64[frames, G_TOKEN] = content
 
     def run(self, seconds: float | None = None, accesses: int | None = None) -> float:
         """Run until ``seconds``, ``accesses`` in all, or every process ends; seconds reached."""
