@@ -120,6 +120,34 @@ class ProcessReport:
         return out
 
 
+def next_chunk(
+    plan: ProcessPlan, report: ProcessReport, kernel: Kernel, quantum: int, now: float
+) -> Trace | None:
+    """The process's next quantum of accesses; None (and the process finished) when
+    its source or its access cap is exhausted."""
+    n = quantum
+    if plan.accesses is not None:
+        n = min(n, plan.accesses - kernel.counters(report.pid)["accesses"])
+    chunk = plan.source.take(n) if n > 0 else None
+    if chunk is None or len(chunk) == 0:
+        report.finished = True
+        report.end_ns = now
+        return None
+    return chunk
+
+
+def settle(
+    report: ProcessReport, kernel: Kernel, now: float, took: float, done: int, size: int
+) -> float | None:
+    """Account a quantum that took ``took`` ns; None when the process died during it."""
+    report.busy_ns += took
+    report.end_ns = now + took
+    if done < size:
+        report.killed = kernel.kills[-1].reason if kernel.kills else "killed"
+        return None
+    return took
+
+
 class NativeMachine:
     """A kernel, its processes, and the event loop that runs them in simulated time."""
 
@@ -151,26 +179,16 @@ class NativeMachine:
         def turn(now: float) -> float | None:
             if not kernel.alive(report.pid):
                 return None
-            n = self.quantum
-            if plan.accesses is not None:
-                n = min(n, plan.accesses - kernel.counters(report.pid)["accesses"])
-            chunk = plan.source.take(n) if n > 0 else Trace.from_pages([])
-            if len(chunk) == 0:
-                report.finished = True
-                report.end_ns = now
+            chunk = next_chunk(plan, report, kernel, self.quantum, now)
+            if chunk is None:
                 return None
             before = kernel.counters()
             done = kernel.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
             after = kernel.counters()
             delta = {k: after[k] - before[k] for k in after}
-            took = done * ns_per_access + stall_ns(self.cost, delta)
-            report.busy_ns += took
-            report.end_ns = now + took
             self.total_accesses += done
-            if done < len(chunk):
-                report.killed = kernel.kills[-1].reason if kernel.kills else "killed"
-                return None
-            return took
+            took = done * ns_per_access + stall_ns(self.cost, delta)
+            return settle(report, kernel, now, took, done, len(chunk))
 
         return turn
 

@@ -66,7 +66,13 @@ from memvirt.dataplane.layout import (
 )
 from memvirt.engine.cost import stall_ns
 from memvirt.engine.loop import EventLoop
-from memvirt.engine.native import SCHEMA_VERSION, ProcessPlan, ProcessReport
+from memvirt.engine.native import (
+    SCHEMA_VERSION,
+    ProcessPlan,
+    ProcessReport,
+    next_chunk,
+    settle,
+)
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
 
 #: Evictions the host logs per pass before the guests' TLBs are flushed whole.
@@ -177,13 +183,8 @@ class VirtualizedMachine:
                 if report.killed is None and not host.alive(vm.host_pid):
                     report.killed = f"its VM {vm.name} was stopped by the host"
                 return None
-            n = self.quantum
-            if plan.accesses is not None:
-                n = min(n, plan.accesses - guest.counters(report.pid)["accesses"])
-            chunk = plan.source.take(n) if n > 0 else None
-            if chunk is None or len(chunk) == 0:
-                report.finished = True
-                report.end_ns = now
+            chunk = next_chunk(plan, report, guest, self.quantum, now)
+            if chunk is None:
                 return None
             g0, h0 = guest.counters(), host.counters(vm.host_pid)
             guest.st[S_REC_N] = 0
@@ -205,13 +206,8 @@ class VirtualizedMachine:
                 exits = gd["minor_faults"] + gd["major_faults"] + gd["evictions"]
                 vm.vm_exits += exits
                 took += exits * cost.vm_exit_ns
-            report.busy_ns += took
-            report.end_ns = now + took
             self.total_accesses += done
-            if done < len(chunk):
-                report.killed = guest.kills[-1].reason if guest.kills else "killed"
-                return None
-            return took
+            return settle(report, guest, now, took, done, len(chunk))
 
         return turn
 
