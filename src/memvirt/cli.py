@@ -201,9 +201,7 @@ def replay(
             bad_lines = stream.bad_lines
         warm_up()
         result = run_replay(data, options)
-    except INPUT_ERRORS as err:
-        fail(str(err))
-    except ValueError as err:  # e.g. an unknown swap device
+    except ValueError as err:  # the INPUT_ERRORS, and e.g. an unknown swap device
         fail(str(err))
 
     out = result.to_dict()
@@ -295,9 +293,7 @@ def trace_info(
             bad_lines, trace_format = int(stream.bad_lines), str(stream.format)
         if plot is not None:
             plot_miss_ratio_curve(stats, plot, title=f"LRU miss-ratio curve of {trace.name}")
-    except INPUT_ERRORS as err:
-        fail(str(err))
-    except ValueError as err:
+    except ValueError as err:  # the INPUT_ERRORS are all ValueErrors
         fail(str(err))
     except OSError as err:
         fail(f"{err.filename or trace}: {err.strerror or err}")
@@ -413,9 +409,7 @@ def trace_convert(
         ) as stream:
             written = write_trace(target, stream, page_size=size)
             bad_lines = int(stream.bad_lines)
-    except INPUT_ERRORS as err:
-        fail(str(err))
-    except ValueError as err:
+    except ValueError as err:  # the INPUT_ERRORS are all ValueErrors
         fail(str(err))
     except OSError as err:
         fail(f"{err.filename or target}: {err.strerror or err}")
@@ -479,9 +473,7 @@ def trace_record(
         with LackeyRecording(valgrind, program, page_size=size, drop_fetches=drop_fetches) as rec:
             written = write_trace(output, rec.accesses(max_accesses), page_size=size)
             status = rec.stop()
-    except INPUT_ERRORS as err:
-        fail(str(err))
-    except ValueError as err:
+    except ValueError as err:  # the INPUT_ERRORS are all ValueErrors
         fail(str(err))
     except OSError as err:
         fail(f"{err.filename or output}: {err.strerror or err}")

@@ -302,25 +302,6 @@ def table_of(fi64: np.ndarray, entry: int) -> int:
 
 
 @kernel
-def find_leaf(m: Machine, root: int, vpn: int) -> tuple[int, int, int]:
-    """Return ``(table, index, level)`` of the entry that maps ``vpn``.
-
-    Walks from ``root`` down to the first entry that is a leaf (last level or
-    huge) or not present. Counts nothing: this is the kernel reading its own
-    tables, not the MMU.
-    """
-    t = root
-    levels = m.cfg[K_LEVELS]
-    for lvl in range(levels):
-        idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
-        e = m.tables[t, idx]
-        if lvl == levels - 1 or (e & PTE_PRESENT) == 0 or (e & PTE_HUGE) != 0:
-            return t, idx, lvl
-        t = table_of(m.fi64, e)
-    return -1, -1, -1
-
-
-@kernel
 def alloc_table(m: Machine) -> int:
     """A free table index: a freed one first, else the next never used."""
     if m.st[S_TABLE_FREE_TOP] > 0:
@@ -797,8 +778,7 @@ def run_batch(
                 fi64[pfn, G_NEXT_USE] = next_use[i]
         if w:
             flags |= FR_DIRTY
-            st[S_TOKEN] += 1
-            fi64[pfn, G_TOKEN] = st[S_TOKEN]
+            fi64[pfn, G_TOKEN] = new_token(st)
             n_writes += 1
             slot = fi32[pfn, F_SLOT]
             if slot >= 0:

@@ -22,9 +22,7 @@ import numpy as np
 
 from memvirt.dataplane.layout import (
     F_FLAGS,
-    F_NEXT,
     F_OWNER,
-    F_PREV,
     F_SLOT,
     FR_DIRTY,
     FR_HUGE,
@@ -114,10 +112,6 @@ class FramePool:
     def used(self) -> int:
         """Frames that have an owner."""
         return int(np.count_nonzero(self.fi32[:, F_OWNER] >= 0))
-
-    def links(self, pfn: int) -> tuple[int, int]:
-        """The previous and next frames on ``pfn``'s replacement list."""
-        return int(self.fi32[pfn, F_PREV]), int(self.fi32[pfn, F_NEXT])
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,3 @@ class TLBArrays:
         self.tags = np.full((nlv, width), -1, dtype=np.int64)
         self.vals = np.full((nlv, width), -1, dtype=np.int64)
         self.stamps = np.zeros((nlv, width), dtype=np.int64)
-
-    def valid_entries(self) -> int:
-        """Entries that hold a translation, all levels together."""
-        return int(np.count_nonzero(self.tags >= 0))
