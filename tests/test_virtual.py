@@ -219,7 +219,7 @@ def test_the_host_learns_of_writes_made_through_the_tlb() -> None:
     host = machine.host
     assert host.counters()["writebacks"] > 0
     for vm in machine.vms:
-        machine._sync_contents(vm)
+        machine.sync_contents(vm)
         for frame in range(host.config.frames):
             if host.frames.owner(frame) != vm.host_pid or host.frames.flags(frame).table:
                 continue

@@ -71,6 +71,7 @@ from memvirt.units import (
     parse_size,
 )
 from memvirt.workloads import WorkloadSpec, page_range
+from memvirt.workloads.contents import ContentModel
 
 #: Shares per MiB of a VM's memory for the named levels, as in VMware ESX
 #: (Waldspurger, OSDI 2002; vSphere Resource Management).
@@ -432,9 +433,173 @@ class CostModel(BaseModel):
         description="ns to write one page to swap; default by device from "
         "memvirt.memory.swap.SWAP_LATENCY_NS (ssd 20000, hdd 8000000)",
     )
+    compress_ns: Nanoseconds = Field(
+        5000.0,
+        description="ns to compress one 4 KiB page: LZ4 compresses about 780 MB/s per core "
+        "(lz4 README, 'Benchmarks'), 5.3 µs a page",
+    )
+    decompress_ns: Nanoseconds = Field(
+        1000.0,
+        description="ns to decompress one page from the compression cache: LZ4 decompresses "
+        "about 4970 MB/s per core (lz4 README), 0.8 µs a page, plus the fault's handling",
+    )
+    share_copy_ns: Nanoseconds = Field(
+        2000.0,
+        description="ns to break sharing on a write: a host fault that copies the shared page "
+        "to a private frame (host_fault_ns; the 4 KiB copy itself is well under a µs)",
+    )
 
 
 # ---------------------------------------------------------------------- hypervisor
+
+Seconds = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+Percent = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+
+STATE_NAMES = ("high", "clear", "soft", "hard", "low")
+TECHNIQUE_NAMES = ("sharing", "ballooning", "compression", "swapping", "blocking")
+Technique = Literal["sharing", "ballooning", "compression", "swapping", "blocking"]
+
+
+class StateThresholds(BaseModel):
+    """Free memory, in percent of minFree, below which the host enters each state (ESXi)."""
+
+    model_config = _MODEL
+
+    high: float = Field(400.0, gt=0.0, description="the host returns to high at this level")
+    clear: float = Field(100.0, gt=0.0, description="below it: clear (sharing)")
+    soft: float = Field(64.0, gt=0.0, description="below it: soft (sharing, ballooning)")
+    hard: float = Field(32.0, gt=0.0, description="below it: hard (sharing, compression, swap)")
+    low: float = Field(16.0, gt=0.0, description="below it: low (compression, swap, blocking)")
+
+    @model_validator(mode="after")
+    def _decreasing(self) -> StateThresholds:
+        values = [getattr(self, name) for name in STATE_NAMES]
+        found = _Found()
+        for above, name, value in zip(STATE_NAMES, STATE_NAMES[1:], values[1:], strict=False):
+            if value >= getattr(self, above):
+                found.add((name,), value, f"must be below the {above} threshold "
+                          f"({getattr(self, above):g})")  # fmt: skip
+        _located("StateThresholds", found)
+        return self
+
+
+class StateTechniques(BaseModel):
+    """Which reclamation techniques each free-memory state enables (ESXi 6's table)."""
+
+    model_config = _MODEL
+
+    high: tuple[Technique, ...] = Field((), description="none")
+    clear: tuple[Technique, ...] = Field(("sharing",), description="page sharing")
+    soft: tuple[Technique, ...] = Field(("sharing", "ballooning"), description="+ ballooning")
+    hard: tuple[Technique, ...] = Field(
+        ("sharing", "compression", "swapping"), description="sharing, compression, swapping"
+    )
+    low: tuple[Technique, ...] = Field(
+        ("compression", "swapping", "blocking"),
+        description="compression, swapping, and blocking VMs above their target",
+    )
+
+
+class StatesConfig(BaseModel):
+    """The host's free-memory states: minFree and the thresholds above it."""
+
+    model_config = _MODEL
+
+    min_free: Bytes | None = Field(
+        None,
+        description="minFree in bytes; absent: ESXi's sliding scale (6% of the first 4 GiB, "
+        "4% of the next 8, 2% of the next 16, 1% of the rest)",
+    )
+    thresholds: StateThresholds = Field(
+        default_factory=lambda: StateThresholds(), description="percent of minFree"
+    )
+    techniques: StateTechniques = Field(
+        default_factory=lambda: StateTechniques(), description="techniques by state"
+    )
+
+
+class BalloonConfig(BaseModel):
+    """Ballooning: the hypervisor sets targets, drivers in the guests inflate and deflate."""
+
+    model_config = _MODEL
+
+    enabled: bool = Field(True, description="use the balloon drivers of the VMs that have one")
+    max_percent: Percent = Field(
+        65.0, description="most of a VM's memory a balloon may hold (ESX Mem.CtlMaxPercent)"
+    )
+    inflate_rate: Bytes = Field(
+        256 * MiB,
+        description="bytes a balloon may grow by per simulated second (memvirt's default: "
+        "drivers are rate-limited so as not to stress the guest; ESX's rates are not published)",
+    )
+    deflate_rate: Bytes = Field(
+        512 * MiB, description="bytes a balloon may shrink by per simulated second"
+    )
+
+
+class SharingConfig(BaseModel):
+    """Content-based page sharing (transparent page sharing)."""
+
+    model_config = _MODEL
+
+    enabled: bool = Field(True, description="scan pages and share identical ones")
+    scan_period: Seconds = Field(
+        3600.0,
+        description="seconds to scan each VM's whole memory once (ESX Mem.ShareScanTime, "
+        "60 minutes)",
+    )
+    scan_rate: Bytes | None = Field(
+        None,
+        description="bytes scanned per simulated second per VM; absent: real memory / scan_period",
+    )
+    total_rate: Bytes | None = Field(
+        None, description="most bytes scanned per simulated second in all; absent: no cap"
+    )
+    inter_vm: bool = Field(
+        False,
+        description="share pages between VMs; false (salting, ESXi's default since 2015) "
+        "shares only within each VM",
+    )
+
+
+class CompressionConfig(BaseModel):
+    """Memory compression: a per-VM cache of pages compressed to 2 KiB or less."""
+
+    model_config = _MODEL
+
+    enabled: bool = Field(True, description="compress pages before swapping them")
+    cache_percent: Percent = Field(
+        10.0, description="the cache's size in percent of the VM's memory (ESX default 10%)"
+    )
+
+
+class AllocationConfig(BaseModel):
+    """Who gives memory up: shares, the idle memory tax, active-memory sampling."""
+
+    model_config = _MODEL
+
+    idle_tax: float = Field(
+        0.75,
+        ge=0.0,
+        lt=1.0,
+        description="tau: an idle page costs 1/(1-tau) times an active one (ESX default "
+        "0.75; Waldspurger, OSDI 2002, 5.3)",
+    )
+    period: Seconds = Field(
+        15.0, description="simulated seconds between recomputations of the VMs' targets"
+    )
+    sample_pages: int = Field(
+        100, ge=1, description="pages sampled per VM per sampling period (ESX: 100)"
+    )
+    sample_period: Seconds = Field(
+        30.0, description="simulated seconds per sampling period (ESX: 30 s)"
+    )
+    fast_gain: float = Field(
+        0.5, gt=0.0, le=1.0, description="gain of the fast moving average of the samples"
+    )
+    slow_gain: float = Field(
+        0.1, gt=0.0, le=1.0, description="gain of the slow moving average of the samples"
+    )
 
 
 class HypervisorConfig(BaseModel):
@@ -462,7 +627,28 @@ class HypervisorConfig(BaseModel):
     swap_victim: Literal["random", "lru"] = Field(
         "random",
         description="how the hypervisor picks a VM's page to swap: 'random' as ESX does "
-        "(Waldspurger, OSDI 2002), or 'lru'",
+        "(Waldspurger, OSDI 2002), or 'lru' (the clock's second chance, an LRU approximation)",
+    )
+    control_period: Seconds = Field(
+        1.0,
+        description="simulated seconds between the hypervisor's reclamation steps (ESX's "
+        "balloon driver polls its target once a second: Waldspurger, OSDI 2002, 3.2)",
+    )
+    states: StatesConfig = Field(
+        default_factory=lambda: StatesConfig(), description="the free-memory states (ESXi)"
+    )
+    balloon: BalloonConfig = Field(
+        default_factory=lambda: BalloonConfig(), description="ballooning"
+    )
+    sharing: SharingConfig = Field(
+        default_factory=lambda: SharingConfig(), description="content-based page sharing"
+    )
+    compression: CompressionConfig = Field(
+        default_factory=lambda: CompressionConfig(), description="memory compression"
+    )
+    allocation: AllocationConfig = Field(
+        default_factory=lambda: AllocationConfig(),
+        description="proportional-share allocation with the idle memory tax",
     )
 
 
@@ -622,6 +808,21 @@ class GuestConfig(BaseModel):
         description="huge pages (2 MiB on x86-64) the guest reserves from its real memory, "
         "as Linux's vm.nr_hugepages; regions marked huge in the VM's processes use them",
     )
+    os_memory: Bytes = Field(
+        0,
+        description="real memory the guest OS holds from boot (its kernel and the page cache "
+        "of its image), pinned; what those pages hold follows `content` and `image`",
+    )
+    image: Name | None = Field(
+        None,
+        description="the OS image the VM boots: VMs with the same image hold identical image "
+        "pages (content.image_fraction of os_memory), which page sharing can merge",
+    )
+    content: ContentModel = Field(
+        default_factory=lambda: ContentModel(),
+        description="what the OS pages hold: fractions of zero, image, duplicate and unique "
+        "pages, and how they compress (docs/workloads.md)",
+    )
 
 
 class VMConfig(BaseModel):
@@ -722,6 +923,11 @@ class RunConfig(BaseModel):
     )
     quantum_accesses: int = Field(
         10_000, ge=1, description="accesses a vCPU (or process) makes per turn in the event loop"
+    )
+    check: bool = Field(
+        False,
+        description="check contents after every quantum (VMs): each page touched reads what "
+        "was last written to it, through both mappings; a violation stops the run",
     )
 
     @model_validator(mode="after")
@@ -898,7 +1104,15 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
             found, ("vms", i, "processes"), vm.processes, vm.geometry(host), in_vm=True,
             guest_huge_pages=vm.guest.huge_pages,
         )  # fmt: skip
+        whole(("vms", i, "guest", "os_memory"), vm.guest.os_memory)
         hs = vm.geometry(host).huge_page_size
+        if vm.guest.os_memory + vm.guest.huge_pages * hs >= vm.memory:
+            found.add(
+                ("vms", i, "guest", "os_memory"),
+                vm.guest.os_memory,
+                f"the guest OS's memory and its huge pages must leave room in the VM's "
+                f"memory ({_size(vm.memory)}) for its processes",
+            )
         if vm.guest.huge_pages * hs > vm.memory:
             found.add(
                 ("vms", i, "guest", "huge_pages"),

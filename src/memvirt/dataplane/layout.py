@@ -58,7 +58,10 @@ P_TABLES = 4  # table pages
 P_QUOTA = 5  # frames the process may hold under local replacement
 P_REG_START = 6  # first row in the region array
 P_REG_COUNT = 7
-N_PROC = 8
+P_COMPRESSED = 8  # pages of this process held compressed (in swap slots marked compressed)
+P_COMP_BYTES = 9  # bytes those compressed pages take
+P_COMP_CAP = 10  # bytes its compression cache may hold (0: no compression)
+N_PROC = 11
 
 # region rows: start vpn, end vpn (exclusive), flags
 R_START = 0
@@ -91,7 +94,9 @@ C_CLEAN_DROPS = 13  # clean pages dropped, their swap copy current
 C_ZERO_DROPS = 14  # never-written pages dropped (they read back as zeros)
 C_TABLE_ALLOCS = 15
 C_DIRTY_UPDATES = 16  # write hits on a clean TLB entry that set the PTE's dirty bit
-N_PCTR = 17
+C_COMPRESSIONS = 17  # pages compressed into the compression cache instead of written to swap
+C_DECOMPRESSIONS = 18  # faults served from the compression cache (counted in C_MAJOR too)
+N_PCTR = 19
 
 # --- scalar state --------------------------------------------------------------
 S_FREE_TOP = 0  # entries on the free-frame stack
@@ -125,8 +130,19 @@ K_FLUSH_ON_SWITCH = 9
 K_HUGE_SHIFT = 10  # vpn bits below a huge leaf (9 on x86-64)
 K_HAS_HUGE = 11
 K_RECORD = 12  # 1: record the frames every walk reads (for a hypervisor below)
-K_RING = 13  # 1: log every eviction (owner, vpn) in the eviction ring
-N_CFG = 14
+K_RING = 13  # 1: log every eviction (owner, vpn, frame, written) in the eviction ring
+K_COMPRESS = 14  # 1: evictions try the compression cache before swap
+K_COMP_THRESHOLD = 15  # a token compresses to 2 KiB or less when its hash's top 53 bits < this
+K_COMP_MIN = 16  # smallest compressed size of a non-zero page, bytes
+K_COMP_ZERO = 17  # compressed size of a zero page, bytes
+N_CFG = 18
+
+# eviction ring columns
+RING_OWNER = 0
+RING_VPN = 1
+RING_FRAME = 2
+RING_WRITTEN = 3  # 1 when the eviction wrote the page to swap
+N_RING = 4
 
 # policy codes
 POLICY_FIFO = 0

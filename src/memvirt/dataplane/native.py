@@ -25,6 +25,8 @@ from .jit import inlined, kernel
 from .layout import (
     C_ACCESSES,
     C_CLEAN_DROPS,
+    C_COMPRESSIONS,
+    C_DECOMPRESSIONS,
     C_DIRTY_UPDATES,
     C_EVICTIONS,
     C_MAJOR,
@@ -54,6 +56,10 @@ from .layout import (
     G_RMAP,
     G_TOKEN,
     G_VPN,
+    K_COMP_MIN,
+    K_COMP_THRESHOLD,
+    K_COMP_ZERO,
+    K_COMPRESS,
     K_FLUSH_ON_SWITCH,
     K_HAS_HUGE,
     K_HUGE_SHIFT,
@@ -72,6 +78,9 @@ from .layout import (
     L_TAIL,
     NEVER,
     P_ALIVE,
+    P_COMP_BYTES,
+    P_COMP_CAP,
+    P_COMPRESSED,
     P_QUOTA,
     P_REG_COUNT,
     P_REG_START,
@@ -97,6 +106,10 @@ from .layout import (
     R_START,
     REG_HUGE,
     REG_WRITABLE,
+    RING_FRAME,
+    RING_OWNER,
+    RING_VPN,
+    RING_WRITTEN,
     RMAP_SHIFT,
     S_FAULT_KIND,
     S_FAULT_VPN,
@@ -128,6 +141,12 @@ from .layout import (
     TV_WRITABLE,
 )
 from .state import Machine
+
+#: ESX keeps a compressed page only if it fits in half a page (memvirt.workloads.contents).
+COMPRESSION_LIMIT = 2048
+PAGE_BYTES = 4096
+GOLDEN = 0x9E3779B97F4A7C15
+SALT_SIZE = 0x452821E638D01377
 
 # ---------------------------------------------------------------------------
 # random numbers: one seeded xorshift64* stream per run, held in st[S_RNG]
@@ -442,10 +461,42 @@ def free_frame(m: Machine, f: int) -> None:
 
 @kernel
 def free_slot(m: Machine, slot: int) -> None:
-    """Give swap slot ``slot`` back."""
+    """Give swap slot ``slot`` back (and its room in a compression cache, if it had any)."""
+    size = m.swap_csize[slot]
+    if size > 0:
+        q = m.swap_owner[slot]
+        m.proc[q, P_COMPRESSED] -= 1
+        m.proc[q, P_COMP_BYTES] -= size
+        m.swap_csize[slot] = 0
     m.swap_owner[slot] = -1
     m.swap_free[m.st[S_SWAP_TOP]] = slot
     m.st[S_SWAP_TOP] += 1
+
+
+@kernel
+def mix64(x: int) -> int:
+    """splitmix64's finalizer on a 64-bit pattern (as :func:`memvirt.workloads.contents._mix`)."""
+    u = np.uint64(x)
+    u = (u ^ (u >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    u = (u ^ (u >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    u = u ^ (u >> np.uint64(31))
+    return np.int64(u)
+
+
+@kernel
+def compressed_bytes(cfg: np.ndarray, token: int) -> int:
+    """Bytes a page holding ``token`` compresses to, as
+    :func:`memvirt.workloads.contents.compressed_size` computes it (at least 1)."""
+    if token == 0:
+        return max(1, cfg[K_COMP_ZERO])
+    h = mix64(np.int64(np.uint64(token) * np.uint64(GOLDEN) + np.uint64(SALT_SIZE)))  # type: ignore[arg-type]
+    hu = np.uint64(h)
+    lo = cfg[K_COMP_MIN]
+    if np.int64(hu >> np.uint64(11)) < cfg[K_COMP_THRESHOLD]:
+        s = np.float64(np.uint64(mix64(h)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+        return max(1, np.int64(lo + np.floor(s * (COMPRESSION_LIMIT - lo + 1))))
+    s = np.float64(np.uint64(mix64(h)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return np.int64(COMPRESSION_LIMIT + 1 + np.floor(s * (PAGE_BYTES - COMPRESSION_LIMIT)))
 
 
 @inlined
@@ -460,10 +511,23 @@ def evict(m: Machine, lid: int) -> bool:
     f = pick_victim(m, lid)
     if f < 0:
         return False
+    return evict_frame(m, lid, f)
+
+
+@inlined
+def evict_frame(m: Machine, lid: int, f: int) -> bool:
+    """Take the page in frame ``f`` (on list ``lid``) out of memory, as :func:`evict` does.
+
+    With compression on (``K_COMPRESS``), a dirty page that compresses to 2 KiB
+    or less and fits in its owner's compression cache goes there instead of to
+    the device: it still takes a swap slot (the slot holds the content), marked
+    compressed with its size, and no write is made.
+    """
     q = m.fi32[f, F_OWNER]
     vpn = m.fi64[f, G_VPN]
     flags = m.fi32[f, F_FLAGS]
     slot = m.fi32[f, F_SLOT]
+    written = 0
     if flags & FR_DIRTY:
         if m.st[S_SWAP_TOP] == 0:
             return False
@@ -471,7 +535,19 @@ def evict(m: Machine, lid: int) -> bool:
         slot = m.swap_free[m.st[S_SWAP_TOP]]
         m.swap_token[slot] = m.fi64[f, G_TOKEN]
         m.swap_owner[slot] = q
-        m.pctr[q, C_WRITEBACKS] += 1
+        size = 0
+        if m.cfg[K_COMPRESS] != 0 and m.proc[q, P_COMP_CAP] > 0:
+            size = compressed_bytes(m.cfg, m.fi64[f, G_TOKEN])
+            if size > COMPRESSION_LIMIT or m.proc[q, P_COMP_BYTES] + size > m.proc[q, P_COMP_CAP]:
+                size = 0
+        if size > 0:
+            m.swap_csize[slot] = size
+            m.proc[q, P_COMPRESSED] += 1
+            m.proc[q, P_COMP_BYTES] += size
+            m.pctr[q, C_COMPRESSIONS] += 1
+        else:
+            m.pctr[q, C_WRITEBACKS] += 1
+            written = 1
     elif slot >= 0:
         m.pctr[q, C_CLEAN_DROPS] += 1
     else:
@@ -488,8 +564,10 @@ def evict(m: Machine, lid: int) -> bool:
     if m.cfg[K_RING] != 0:  # tell the layer above which page left (a TLB shootdown)
         n = m.st[S_RING_N]
         if n < m.ring.shape[0]:
-            m.ring[n, 0] = q
-            m.ring[n, 1] = vpn
+            m.ring[n, RING_OWNER] = q
+            m.ring[n, RING_VPN] = vpn
+            m.ring[n, RING_FRAME] = f
+            m.ring[n, RING_WRITTEN] = written
         m.st[S_RING_N] = n + 1
     tlb_invalidate(m, q, vpn, False)
     list_remove(m.lists, m.fi32, lid, f)
@@ -603,18 +681,27 @@ def page_fault(
         return -1, -1, STOP_OOM
     # evictions change only present entries: this one is as the walk left it
     e = m.tables[t, idx]
+    dirty_after = False
     if e & PTE_SWAPPED:
         slot = e >> PTE_SHIFT
         m.fi64[f, G_TOKEN] = m.swap_token[slot]
-        m.fi32[f, F_SLOT] = slot  # the swap copy stays current while the page is clean
         m.proc[pid, P_SWAPPED] -= 1
         m.pctr[pid, C_MAJOR] += 1
+        if m.swap_csize[slot] > 0:
+            # decompressed: the cache gives the room back, and the page must be written
+            # (or compressed) again when it next leaves memory
+            free_slot(m, slot)
+            m.pctr[pid, C_DECOMPRESSIONS] += 1
+            m.fi32[f, F_SLOT] = -1
+            dirty_after = True
+        else:
+            m.fi32[f, F_SLOT] = slot  # the swap copy stays current while the page is clean
     else:
         m.fi64[f, G_TOKEN] = 0
         m.fi32[f, F_SLOT] = -1
         m.pctr[pid, C_MINOR] += 1
     m.fi32[f, F_OWNER] = pid
-    m.fi32[f, F_FLAGS] = 0
+    m.fi32[f, F_FLAGS] = FR_DIRTY if dirty_after else 0
     m.fi64[f, G_VPN] = vpn
     m.fi64[f, G_RMAP] = (t << RMAP_SHIFT) | idx
     list_append(m.lists, m.fi32, list_id(m, pid), f)

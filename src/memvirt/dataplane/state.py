@@ -32,9 +32,10 @@ class Machine(NamedTuple):
     swap_token: np.ndarray  # int64[slots] contents of swap slots
     swap_owner: np.ndarray  # int32[slots] pid owning a slot, -1 when free
     swap_free: np.ndarray  # int32[slots] free slots
+    swap_csize: np.ndarray  # int32[slots] bytes of a slot kept compressed, 0 on the device
     huge_free: np.ndarray  # int64[huge pages] free huge-page base frames
     proc: np.ndarray  # int64[procs, N_PROC] per-process state
     regions: np.ndarray  # int64[regions, 3] address-space regions
     lists: np.ndarray  # int64[procs + 1, N_LIST] replacement lists
     record: np.ndarray  # int64[3, cap] frames read by walks, written?, a table page?
-    ring: np.ndarray  # int64[cap, 2] evicted (owner, vpn), when the kernel logs them
+    ring: np.ndarray  # int64[cap, N_RING] evictions (owner, vpn, frame, written), when logged

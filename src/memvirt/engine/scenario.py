@@ -43,6 +43,8 @@ class RunResult:
 
     scenario: Scenario
     summary: dict[str, Any]
+    #: with VMs: one row per VM per reclamation step (docs/scenarios.md); None natively
+    timeseries: pd.DataFrame | None = None
 
     def processes_frame(self) -> pd.DataFrame:
         """One row per process, one column per counter (accesses, faults, throughput...)."""
@@ -64,6 +66,15 @@ class RunResult:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if self.timeseries is not None:
+            fd, tmp = tempfile.mkstemp(prefix=".timeseries.", suffix=".parquet", dir=out)
+            os.close(fd)
+            try:
+                self.timeseries.to_parquet(tmp, index=False)
+                os.replace(tmp, out / "timeseries.parquet")
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return target
 
 
@@ -146,4 +157,5 @@ def run(scenario: Scenario) -> RunResult:
     summary = machine.summary(seconds)
     summary["scenario"] = {"source": scenario.source, "hash": scenario.hash()}
     summary["seed"] = scenario.run.seed
-    return RunResult(scenario, summary)
+    frame = machine.reclaimer.frame() if isinstance(machine, VirtualizedMachine) else None
+    return RunResult(scenario, summary, frame)

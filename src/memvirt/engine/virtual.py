@@ -48,21 +48,21 @@ from typing import Any
 
 import numpy as np
 
-from memvirt.config import Scenario, ScenarioError
-from memvirt.dataplane import native
+from memvirt.config import Scenario, ScenarioError, VMConfig
+from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
-    F_FLAGS,
-    F_OWNER,
-    F_SLOT,
     FR_DIRTY,
-    FR_HUGE,
-    FR_TABLE,
     G_TOKEN,
-    G_VPN,
     K_RECORD,
     K_RING,
+    N_RING,
+    RING_FRAME,
+    RING_OWNER,
+    RING_VPN,
+    RING_WRITTEN,
     S_REC_N,
     S_RING_N,
+    S_TOKEN,
 )
 from memvirt.engine.cost import stall_ns
 from memvirt.engine.loop import EventLoop
@@ -73,14 +73,22 @@ from memvirt.engine.native import (
     next_chunk,
     settle,
 )
+from memvirt.hypervisor.reclamation import Reclaimer
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
+from memvirt.workloads.contents import assign
 
 #: Evictions the host logs per pass before the guests' TLBs are flushed whole.
 RING_CAPACITY = 1 << 12
+#: A process spanning more pages than this is left out of the true active set.
+TOUCH_BITMAP_LIMIT = 1 << 26
 #: Entries of a VM's page-walk cache: host translations of guest page-table pages,
 #: the "nested TLB" of Bhargava et al. (ASPLOS 2008), in the size range of the MMU
 #: caches Barr, Cox and Rixner study (ISCA 2010: tens of entries).
 WALK_CACHE_ENTRIES = 32
+
+
+class ContentError(AssertionError):
+    """The content check found a page that does not read what was last written to it."""
 
 
 @dataclass
@@ -88,9 +96,13 @@ class VM:
     """One virtual machine: its host process, its guest kernel and its processes."""
 
     name: str
+    index: int
+    config: VMConfig
     host_pid: int
     guest: Kernel
     real_pages: int
+    balloon_pid: int = -1
+    os_pid: int = -1
     reports: list[ProcessReport] = field(default_factory=list)
     walk_cache: np.ndarray = field(
         default_factory=lambda: np.full(WALK_CACHE_ENTRIES, -1, dtype=np.int64)
@@ -103,6 +115,27 @@ class VM:
     vm_exits: int = 0
     guest_refs: int = 0
     host_refs: int = 0
+    #: per process: the token each page written last got (the content check's record)
+    expected: dict[int, dict[int, int]] = field(default_factory=dict)
+    #: per process: (first page, pages touched this sampling period), for the true active set
+    touched: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
+
+    def mark_touched(self, pid: int, vpns: np.ndarray) -> None:
+        """Note the pages a process touched (the true active set, for comparison with the
+        sampled estimate)."""
+        span = self.touched.get(pid)
+        if span is None or vpns.size == 0:
+            return
+        lo, bits = span
+        bits[vpns - lo] = True
+
+    def true_active(self) -> int:
+        """Pages the VM's processes touched in the current sampling period."""
+        return sum(int(np.count_nonzero(bits)) for _, bits in self.touched.values())
+
+    def reset_true_active(self) -> None:
+        for _, bits in self.touched.values():
+            bits[:] = False
 
 
 class VirtualizedMachine:
@@ -121,6 +154,8 @@ class VirtualizedMachine:
             raise ScenarioError(f"{scenario.source}: VMs need a [hypervisor] table")
         self.scenario = scenario
         self.walk_caches = hyp.page_walk_caches and hyp.paging == "nested"
+        self.control_period_ns = hyp.control_period * 1e9
+        self.check = scenario.run.check
         self.paging = hyp.paging
         self.cost = scenario.cost
         self.quantum = quantum
@@ -134,14 +169,15 @@ class VirtualizedMachine:
                 swap_slots=hyp.host_swap.size // page,
                 swap_kind=hyp.host_swap.device,
                 seed=scenario.run.seed,
-                max_processes=max(1, len(scenario.vms)),
+                max_processes=len(scenario.vms) + 1,
             )
         )
         self.host.cfg[K_RING] = 1
-        self.host.ring = np.zeros((RING_CAPACITY, 2), dtype=np.int64)
+        self.host.ring = np.zeros((RING_CAPACITY, N_RING), dtype=np.int64)
         self.vms: list[VM] = []
         self.loop = EventLoop()
         self.total_accesses = 0
+        self.vcpus_running = 0
         for k, vmc in enumerate(scenario.vms):
             host_pid = self.host.spawn([Region(0, vmc.memory, name="real memory")], name=vmc.name)
             geometry = vmc.geometry(host)
@@ -154,12 +190,18 @@ class VirtualizedMachine:
                     swap_slots=vmc.guest.swap // page,
                     huge_pages=vmc.guest.huge_pages,
                     seed=scenario.run.seed + k + 1,
-                    max_processes=max(1, len(vmc.processes)),
+                    max_processes=len(vmc.processes) + 2,
                 )
             )
             guest.cfg[K_RECORD] = 1
             guest.record = np.zeros((3, quantum * (geometry.levels + 1) + 8), dtype=np.int64)
-            vm = VM(vmc.name, host_pid, guest, vmc.memory // page)
+            # the guest logs its evictions, so double paging can be seen
+            guest.cfg[K_RING] = 1
+            guest.ring = np.zeros((2 * quantum + 1024, N_RING), dtype=np.int64)
+            # each VM's written pages get tokens of their own range, distinct from every
+            # other VM's (and from the content model's classes, in bits 60-61)
+            guest.st[S_TOKEN] = (k + 1) << 44
+            vm = VM(vmc.name, k, vmc, host_pid, guest, vmc.memory // page)
             self.vms.append(vm)
             # the VM's processes share its vCPUs: process i runs on vCPU i mod vcpus
             queues: list[list[Any]] = [[] for _ in range(min(vmc.vcpus, len(plans[vmc.name])))]
@@ -167,10 +209,167 @@ class VirtualizedMachine:
                 pid = guest.spawn(plan.regions, name=plan.name)
                 report = ProcessReport(plan.name, pid, start_ns=plan.start_s * 1e9)
                 vm.reports.append(report)
+                lo = min(r.start for r in plan.regions) // page
+                hi = max(r.start + r.length for r in plan.regions) // page
+                if hi - lo <= TOUCH_BITMAP_LIMIT:
+                    vm.touched[pid] = (lo, np.zeros(hi - lo, dtype=bool))
                 queues[i % len(queues)].append((plan.start_s * 1e9, self._turn(vm, plan, report)))
             for c, queue in enumerate(queues):
                 first = min(start for start, _ in queue)
-                self.loop.add(f"{vm.name}/vcpu{c}", _vcpu(queue), first)
+                self.loop.add(f"{vm.name}/vcpu{c}", _vcpu(queue, self), first)
+                self.vcpus_running += 1
+            vm.balloon_pid = guest.spawn([Region(0, page, name="balloon driver")], name="balloon")
+        # the hypervisor's own frames: shared pages and compression caches
+        self.hypervisor_pid = self.host.spawn([Region(0, page)], name="hypervisor")
+        for vm in self.vms:
+            self._boot(vm, scenario.run.seed)
+        self.reclaimer = Reclaimer(self, hyp, scenario.run.seed)
+        self.loop.add("hypervisor", self._control, 0.0)
+
+    def _boot(self, vm: VM, seed: int) -> None:
+        """The guest OS's own pages, touched at boot: their contents by the content model,
+        their frames in the guest (dirty: they hold data) and in the host."""
+        gc = vm.config.guest
+        page = self.host.page_size
+        if gc.os_memory == 0:
+            return
+        guest = vm.guest
+        n = gc.os_memory // page
+        base = 1 << 20  # the guest kernel's pages, in an address space of their own
+        vm.os_pid = guest.spawn([Region(base * page, n * page, name="os")], name="os")
+        vpns = base + np.arange(n, dtype=np.int64)
+        for start in range(0, n, self.quantum):
+            guest.st[S_REC_N] = 0
+            chunk = vpns[start : start + self.quantum]
+            guest.run(vm.os_pid, chunk, np.zeros(chunk.size, dtype=np.uint8), page_numbers=True)
+            rec = int(guest.st[S_REC_N])
+            self.host_touch(vm, guest.record[0, :rec].copy(), guest.record[1, :rec].copy())
+        guest.st[S_REC_N] = 0
+        frames = np.array([reclaim.frame_of(guest.machine, vm.os_pid, int(v)) for v in vpns])
+        tokens, _ = assign(gc.content, np.arange(n), vm_seed=seed * 1_000_003 + vm.index,
+                           image=gc.image)  # fmt: skip
+        guest.frames.fi64[frames, G_TOKEN] = tokens
+        guest.frames.fi32[frames, 4] |= FR_DIRTY  # F_FLAGS
+        self.host_touch(vm, frames.astype(np.int64), np.ones(n, dtype=np.uint8))
+        self.sync_contents(vm)
+
+    def sync_contents(self, vm: VM) -> int:
+        """Give the host frames of ``vm`` the contents of the real pages they hold.
+
+        A real page's content is its guest frame's token. The guest writes pages
+        through its TLB without the host seeing each write, as the hardware does
+        through a cached translation; the hardware then sets the dirty bit of the
+        host entry. So, before the host acts, every host frame whose real page
+        changed takes the new token and turns dirty, and a host swap copy of it,
+        now stale, is given back: a later eviction writes the page out again.
+        Returns how many frames changed.
+        """
+        return int(reclaim.sync_contents(self.host.machine, vm.host_pid, vm.guest.frames.fi64))
+
+    def host_touch(self, vm: VM, pages: np.ndarray, writes: np.ndarray) -> dict[str, int]:
+        """The host runs ``pages`` of ``vm`` as accesses; the counters' change."""
+        h0 = self.host.counters(vm.host_pid)
+        self.host.st[S_RING_N] = 0
+        self.host.run(vm.host_pid, pages, writes, page_numbers=True)
+        self.shoot_down_evicted()
+        h1 = self.host.counters(vm.host_pid)
+        return {k: h1[k] - h0[k] for k in h1}
+
+    def host_stall(self, hd: dict[str, int]) -> float:
+        """Simulated ns the host's work (counters' change ``hd``) stalls a vCPU."""
+        cost = self.cost
+        disk_reads = hd["major_faults"] - hd["decompressions"]
+        took = hd["minor_faults"] * cost.host_fault_ns
+        took += disk_reads * (cost.host_fault_ns + cost.swap_read_ns)
+        took += hd["decompressions"] * (cost.host_fault_ns + cost.decompress_ns)
+        took += hd["writebacks"] * cost.swap_write_ns
+        took += hd["compressions"] * cost.compress_ns
+        return took
+
+    def guest_written(self, vm: VM) -> np.ndarray:
+        """Real pages the guest wrote to its swap since its ring was last cleared."""
+        n = min(int(vm.guest.st[S_RING_N]), vm.guest.ring.shape[0])
+        ring = vm.guest.ring[:n]
+        return np.ascontiguousarray(ring[ring[:, RING_WRITTEN] == 1, RING_FRAME])
+
+    def shoot_down(self, vm: VM, real_pages: np.ndarray) -> None:
+        """Invalidate the guest translations that lead to ``real_pages`` (TLB entries and
+        page-walk cache entries), so that the next access to each is seen by the host."""
+        if real_pages.size == 0:
+            return
+        reclaim.shoot_down(vm.guest.machine, np.ascontiguousarray(real_pages, dtype=np.int64))
+        cached = np.isin(vm.walk_cache, real_pages)
+        if cached.any():
+            vm.walk_cache[cached] = -1
+
+    def forget(self, vm: VM, real_pages: np.ndarray) -> None:
+        """The host no longer backs ``real_pages`` (balloon pages): drop cached walks."""
+        cached = np.isin(vm.walk_cache, real_pages)
+        if cached.any():
+            vm.walk_cache[cached] = -1
+
+    def shoot_down_evicted(self) -> None:
+        """Shoot down the guest translations of the real pages the host evicted since its
+        ring was cleared (the whole TLBs when the ring overflowed)."""
+        evicted = int(self.host.st[S_RING_N])
+        self.host.st[S_RING_N] = 0
+        if evicted == 0:
+            return
+        if evicted > RING_CAPACITY:
+            for other in self.vms:
+                native.tlb_flush_asid(other.guest.machine, -1)
+                other.walk_cache[:] = -1
+            return
+        by_pid = {v.host_pid: v for v in self.vms}
+        ring = self.host.ring[:evicted]
+        for vm_pid in np.unique(ring[:, RING_OWNER]).tolist():
+            target = by_pid.get(vm_pid)
+            if target is not None:
+                self.shoot_down(target, ring[ring[:, RING_OWNER] == vm_pid, RING_VPN])
+
+    def _check_quantum(
+        self, vm: VM, pid: int, vpns: np.ndarray, writes: np.ndarray, first_token: int
+    ) -> None:
+        """The content check: every page the quantum touched reads what was last written
+        to it, through both mappings (guest frame or guest swap; then the host's frame,
+        shared frame, compression cache or swap), and every page written got the token
+        the access stream says it should (the guest's per-write counter, in order)."""
+        guest = vm.guest
+        expected = vm.expected.setdefault(pid, {})
+        written = np.flatnonzero(writes != 0)
+        tokens = first_token + 1 + np.arange(written.size, dtype=np.int64)
+        for vpn, token in zip(vpns[written].tolist(), tokens.tolist(), strict=True):
+            expected[vpn] = token
+        offset = guest.geometry.offset_bits
+        host_m = self.host.machine
+        for vpn in np.unique(vpns).tolist():
+            walk = guest.walk(pid, vpn << offset)
+            want = expected.get(vpn, 0)
+            if walk.pfn is not None:
+                rpn = walk.pfn
+                got = guest.frames.token(rpn)
+                where, host_token = reclaim.host_copy(host_m, vm.host_pid, rpn)
+                # a page the host holds nowhere reads as zeros (it dropped a zero page)
+                if (where == 0 and got != 0) or (where != 0 and host_token != got):
+                    raise ContentError(
+                        f"VM {vm.name}: real page {rpn} (virtual page {vpn:#x} of process "
+                        f"{pid}) holds {got:#x} in the guest, but the host "
+                        + ("keeps no copy of it" if where == 0 else f"keeps {host_token:#x}")
+                    )
+            else:
+                got = guest.read_token(pid, vpn << offset)
+            if got != want:
+                raise ContentError(
+                    f"VM {vm.name}: process {pid} reads {got:#x} at virtual page {vpn:#x}; "
+                    f"it last wrote {want:#x}"
+                )
+
+    def _control(self, now: float) -> float | None:
+        """The hypervisor's turn: one reclamation step, every control period."""
+        if self.vcpus_running == 0:
+            return None
+        self.reclaimer.tick(now)
+        return self.control_period_ns
 
     def _turn(self, vm: VM, plan: ProcessPlan, report: ProcessReport) -> Any:
         """One quantum of ``plan``'s process: the time it took, or None when it has ended."""
@@ -183,20 +382,30 @@ class VirtualizedMachine:
                 if report.killed is None and not host.alive(vm.host_pid):
                     report.killed = f"its VM {vm.name} was stopped by the host"
                 return None
+            reclaimer = self.reclaimer
+            if reclaimer.blocked(vm):  # the low state: wait for the next reclamation step
+                wait = self.control_period_ns
+                reclaimer.vms[vm.index].blocked_ns += wait
+                report.end_ns = now + wait
+                return wait
             chunk = next_chunk(plan, report, guest, self.quantum, now)
             if chunk is None:
                 return None
             g0, h0 = guest.counters(), host.counters(vm.host_pid)
             guest.st[S_REC_N] = 0
+            guest.st[S_RING_N] = 0
+            first_token = int(guest.st[S_TOKEN])
             done = guest.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
+            vm.mark_touched(report.pid, chunk.addresses[:done])
             self._host_pass(vm)
+            if self.check:
+                self._check_quantum(vm, report.pid, chunk.addresses[:done],
+                                    chunk.writes[:done], first_token)  # fmt: skip
             g1, h1 = guest.counters(), host.counters(vm.host_pid)
             gd = {k: g1[k] - g0[k] for k in g1}
             hd = {k: h1[k] - h0[k] for k in h1}
-            took = done * ns_per_access + stall_ns(cost, gd)
-            took += hd["minor_faults"] * cost.host_fault_ns
-            took += hd["major_faults"] * (cost.host_fault_ns + cost.swap_read_ns)
-            took += hd["writebacks"] * cost.swap_write_ns
+            took = done * ns_per_access + stall_ns(cost, gd) + self.host_stall(hd)
+            took += reclaimer.take_pending(vm)
             vm.guest_refs += gd["walk_memory_references"]
             if self.paging == "nested":
                 vm.host_refs += hd["walk_memory_references"]
@@ -212,14 +421,22 @@ class VirtualizedMachine:
         return turn
 
     def _host_pass(self, vm: VM) -> None:
-        """Translate the real pages the guest's walks read; shoot down what the host evicts."""
-        n = int(vm.guest.st[S_REC_N])
-        if n == 0 or not self.host.alive(vm.host_pid):
+        """Translate the real pages the guest's walks read; shoot down what the host evicts.
+
+        Before it, pages the guest wrote take their new contents in the host (and shared
+        ones are copied: a write breaks sharing); the real pages the guest wrote to its own
+        swap that the host had swapped out are read back first (double paging).
+        """
+        if not self.host.alive(vm.host_pid):
             return
-        self._sync_contents(vm)
+        n = int(vm.guest.st[S_REC_N])
+        reclaimer = self.reclaimer
         pages = np.ascontiguousarray(vm.guest.record[0, :n])
         writes = np.ascontiguousarray(vm.guest.record[1, :n])
-        if self.walk_caches:
+        copies = reclaimer.before_host_pass(vm, pages[writes != 0])
+        self.sync_contents(vm)
+        doubled = reclaimer.double_paging(vm, self.guest_written(vm))
+        if self.walk_caches and n:
             keep = np.empty(n, dtype=np.uint8)
             kept = native.walk_cache_filter(
                 pages, np.ascontiguousarray(vm.guest.record[2, :n]), vm.walk_cache,
@@ -228,51 +445,26 @@ class VirtualizedMachine:
             vm.walk_cache_hits += n - kept
             chosen = keep.astype(bool)
             pages, writes = pages[chosen], writes[chosen]
+        if copies.size or doubled.size:
+            pages = np.concatenate([doubled, copies, pages])
+            writes = np.concatenate(
+                [np.zeros(doubled.size, np.uint8), np.ones(copies.size, np.uint8),
+                 writes.astype(np.uint8)]
+            )  # fmt: skip
+        if pages.size == 0:
+            return
         self.host.st[S_RING_N] = 0
         self.host.run(vm.host_pid, pages, writes, page_numbers=True)
+        # the pass's own writes and faults leave frame tokens behind the guest's: the host
+        # copies (in frames, and in swap for pages the pass evicted) take the real contents
         evicted = int(self.host.st[S_RING_N])
-        by_pid = {v.host_pid: v for v in self.vms}
-        if evicted > RING_CAPACITY:
-            for other in self.vms:
-                native.tlb_flush_asid(other.guest.machine, -1)
-                other.walk_cache[:] = -1
-            return
-        for owner, real_page in self.host.ring[:evicted]:
-            target = by_pid.get(int(owner))
-            if target is None:
-                continue
-            g = target.guest
-            target.walk_cache[target.walk_cache == real_page] = -1
-            gpid = g.frames.owner(int(real_page))
-            flags = g.frames.flags(int(real_page))
-            if gpid >= 0 and not flags.table:
-                native.tlb_invalidate(g.machine, gpid, g.frames.vpn(int(real_page)), flags.huge)
-
-    def _sync_contents(self, vm: VM) -> None:
-        """Give the host frames of ``vm`` the contents of the real pages they hold.
-
-        A real page's content is its guest frame's token. The guest writes pages
-        through its TLB without the host seeing each write, as the hardware does
-        through a cached translation; the hardware then sets the dirty bit of the
-        host entry. So, before the host acts, every host frame whose real page
-        changed takes the new token and turns dirty, and a host swap copy of it,
-        now stale, is given back: a later eviction writes the page out again.
-        """
-        hf32, hf64 = self.host.frames.fi32, self.host.frames.fi64
-        mine = (hf32[:, F_OWNER] == vm.host_pid) & ((hf32[:, F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
-        frames = np.flatnonzero(mine)
-        if frames.size == 0:
-            return
-        real = hf64[frames, G_VPN]
-        content = vm.guest.frames.fi64[real, G_TOKEN]
-        changed = frames[hf64[frames, G_TOKEN] != content]
-        if changed.size:
-            hf32[changed, F_FLAGS] |= FR_DIRTY
-            stale = hf32[changed, F_SLOT]
-            for slot in stale[stale >= 0]:
-                native.free_slot(self.host.machine, int(slot))
-            hf32[changed, F_SLOT] = -1
-            hf64[frames, G_TOKEN] = content
+        for other in self.vms:
+            reclaim.fix_swap_copies(
+                self.host.machine, self.host.ring, evicted, other.host_pid, other.guest.frames.fi64
+            )
+        self.sync_contents(vm)
+        self.shoot_down_evicted()
+        reclaimer.after_host_pass(vm, pages)
 
     def run(self, seconds: float | None = None, accesses: int | None = None) -> float:
         """Run until ``seconds``, ``accesses`` in all, or every process ends; seconds reached."""
@@ -323,6 +515,7 @@ class VirtualizedMachine:
                     "throughput": g["accesses"] / seconds if seconds > 0 else 0.0,
                     "simulated_seconds": seconds,
                     "stopped": not host.alive(vm.host_pid),
+                    **self.reclaimer.vm_summary(vm),
                     "processes": [r.summary() for r in vm.reports],
                 }
             )
@@ -339,13 +532,14 @@ class VirtualizedMachine:
                 "swap_slots": stats["swap_slots"],
                 "swap_used": stats["swap_used"],
                 "oom_kills": stats["oom_kills"],
+                **self.reclaimer.host_summary(simulated_seconds * 1e9),
             },
             "overcommit_ratio": self.scenario.overcommit_ratio,
             "vms": vms,
         }
 
 
-def _vcpu(queue: list[Any]) -> Any:
+def _vcpu(queue: list[Any], machine: VirtualizedMachine) -> Any:
     """A vCPU that runs its processes in turn, a quantum each (round robin).
 
     A process whose start time has not come waits; a process that has ended
@@ -366,6 +560,7 @@ def _vcpu(queue: list[Any]) -> Any:
                 continue
             turn_index[0] += 1
             return float(took)
+        machine.vcpus_running -= 1
         return None
 
     return turn

@@ -35,6 +35,8 @@ from memvirt.dataplane import native
 from memvirt.dataplane.layout import (
     C_ACCESSES,
     C_CLEAN_DROPS,
+    C_COMPRESSIONS,
+    C_DECOMPRESSIONS,
     C_DIRTY_UPDATES,
     C_EVICTIONS,
     C_MAJOR,
@@ -55,6 +57,7 @@ from memvirt.dataplane.layout import (
     F_OWNER,
     F_SLOT,
     FR_HUGE,
+    FR_PINNED,
     FR_TABLE,
     G_RMAP,
     G_TOKEN,
@@ -77,6 +80,7 @@ from memvirt.dataplane.layout import (
     N_LIST,
     N_PCTR,
     N_PROC,
+    N_RING,
     N_STATE,
     P_ALIVE,
     P_QUOTA,
@@ -147,6 +151,8 @@ COUNTER_NAMES: dict[str, int] = {
     "zero_drops": C_ZERO_DROPS,
     "table_pages_allocated": C_TABLE_ALLOCS,
     "dirty_bit_updates": C_DIRTY_UPDATES,
+    "compressions": C_COMPRESSIONS,
+    "decompressions": C_DECOMPRESSIONS,
 }
 
 
@@ -358,7 +364,7 @@ class Kernel:
         self._blocks: list[tuple[int, int, int]] = []  # (start, frames, pid) without VM
         self._empty_next_use = np.zeros(0, dtype=np.int64)
         self.record = np.zeros((3, 1), dtype=np.int64)
-        self.ring = np.zeros((1, 2), dtype=np.int64)
+        self.ring = np.zeros((1, N_RING), dtype=np.int64)
 
     @property
     def machine(self) -> Machine:
@@ -381,6 +387,7 @@ class Kernel:
             self.swap.token,
             self.swap.owner,
             self.swap.free,
+            self.swap.csize,
             self.frames.huge_free,
             self.proc,
             self.regions,
@@ -750,7 +757,7 @@ class Kernel:
         rows = self.pctr[pid] if pid is not None else self.pctr.sum(axis=0)
         out = {name: int(rows[i]) for name, i in COUNTER_NAMES.items()}
         out["faults"] = out["minor_faults"] + out["major_faults"]
-        out["swap_ins"] = out["major_faults"]
+        out["swap_ins"] = out["major_faults"] - out["decompressions"]
         out["swap_outs"] = out["writebacks"]
         if self.config.tlb is not None:
             last = "tlb_l2" if len(self.config.tlb.levels) > 1 else "tlb_l1"
@@ -860,12 +867,16 @@ class Kernel:
             if not self.proc[pid, P_ALIVE] or info.block is not None:
                 continue
             mine = fi32[:, F_OWNER] == pid
-            data = mine & ((fi32[:, F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
+            # pinned frames (balloon pages, a hypervisor's shared and cache frames) hold no
+            # page of the process's own table
+            kind = fi32[:, F_FLAGS] & (FR_PINNED | FR_HUGE | FR_TABLE)
+            pinned = mine & (kind == FR_PINNED)
+            data = mine & ((fi32[:, F_FLAGS] & (FR_TABLE | FR_HUGE | FR_PINNED)) == 0)
             huge = mine & ((fi32[:, F_FLAGS] & FR_HUGE) != 0)
             tables = mine & ((fi32[:, F_FLAGS] & FR_TABLE) != 0)
-            assert int(data.sum() + huge.sum()) == self.proc[pid, P_RESIDENT], (
-                f"process {pid}: resident count {self.proc[pid, P_RESIDENT]} != frames "
-                f"{int(data.sum() + huge.sum())}"
+            held = int(data.sum() + huge.sum() + pinned.sum())
+            assert held == self.proc[pid, P_RESIDENT], (
+                f"process {pid}: resident count {self.proc[pid, P_RESIDENT]} != frames {held}"
             )
             assert int(tables.sum()) == self.proc[pid, P_TABLES], f"process {pid}: table count"
             for frame in np.flatnonzero(data):
@@ -885,7 +896,8 @@ class Kernel:
                 assert slot < 0 or self.swap.owner[slot] == pid, f"frame {f}: swap-cache slot"
         data_frames = int(
             np.count_nonzero(
-                (fi32[:, F_OWNER] >= 0) & ((fi32[:, F_FLAGS] & (FR_TABLE | FR_HUGE)) == 0)
+                (fi32[:, F_OWNER] >= 0)
+                & ((fi32[:, F_FLAGS] & (FR_TABLE | FR_HUGE | FR_PINNED)) == 0)
             )
         )
         if not self._blocks:

@@ -34,6 +34,7 @@ class SwapDevice:
     token: np.ndarray = field(init=False, repr=False)
     owner: np.ndarray = field(init=False, repr=False)
     free: np.ndarray = field(init=False, repr=False)
+    csize: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.slots < 0:
@@ -42,6 +43,8 @@ class SwapDevice:
             raise ValueError(f"unknown swap device {self.kind!r}: expected one of ssd, hdd")
         self.token = np.zeros(max(self.slots, 1), dtype=np.int64)
         self.owner = np.full(max(self.slots, 1), -1, dtype=np.int32)
+        # bytes of a slot held compressed in a compression cache (0: the slot is on the device)
+        self.csize = np.zeros(max(self.slots, 1), dtype=np.int32)
         self.free = np.arange(self.slots - 1, -1, -1, dtype=np.int32)
         if self.slots == 0:
             self.free = np.zeros(1, dtype=np.int32)

@@ -1,0 +1,391 @@
+"""Data-plane steps of reclamation: the few loops the hypervisor's control plane runs often.
+
+Reclamation itself is decided in plain Python (:mod:`memvirt.engine.hypervisor`); what
+it asks of a memory, page by page, is here, compiled:
+
+- a **balloon driver** takes frames from its guest kernel (free ones first, then pages
+  the guest's own replacement policy evicts) and pins them; deflating frees them;
+- the hypervisor **discards** the real pages behind a balloon: their frames (or swap
+  slots) go back and the mapping is cleared, with no write — the guest promised not to
+  use them;
+- **host swapping** evicts chosen frames of one VM (drawn at random, as ESX does, or by
+  the clock's second chance, an LRU approximation);
+- **page sharing** maps a real page to another frame holding the same content, read
+  only, and frees its own; a frame becomes shared by passing to the hypervisor's own
+  pseudo-process, pinned;
+- **content sync**: the guest writes pages through its TLB, which the host does not see
+  one by one (nor does the hardware: it sets the dirty bit of the host entry); before
+  the host acts on a VM, each of its frames takes its real page's current content.
+
+All functions take the :class:`~.state.Machine` of the memory they act on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .jit import kernel
+from .layout import (
+    F_FLAGS,
+    F_NEXT,
+    F_OWNER,
+    F_SLOT,
+    FR_DIRTY,
+    FR_HUGE,
+    FR_PINNED,
+    FR_REFERENCED,
+    FR_TABLE,
+    G_RMAP,
+    G_TOKEN,
+    G_VPN,
+    K_LEVELS,
+    K_LOCAL,
+    L_HEAD,
+    L_SIZE,
+    P_RESIDENT,
+    P_ROOT,
+    P_SWAPPED,
+    PTE_ACCESSED,
+    PTE_PRESENT,
+    PTE_SHIFT,
+    PTE_SWAPPED,
+    PTE_USER,
+    PTE_WRITABLE,
+    RMAP_SHIFT,
+    S_FREE_TOP,
+)
+from .native import (
+    evict,
+    evict_frame,
+    free_frame,
+    free_slot,
+    list_append,
+    list_id,
+    list_remove,
+    rng_next,
+    take_frame,
+    tlb_invalidate,
+)
+from .state import Machine
+
+_RMAP_MASK = (1 << RMAP_SHIFT) - 1
+_PINNED_OR_TABLE = FR_TABLE | FR_HUGE | FR_PINNED
+
+
+@kernel
+def leaf_entry(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
+    """The (table, index) of the last-level entry for ``vpn``, or (-1, -1) when an upper
+    level is missing (the page was never mapped)."""
+    t = m.proc[pid, P_ROOT]
+    if t < 0:
+        return -1, -1
+    levels = m.cfg[K_LEVELS]
+    for lvl in range(levels - 1):
+        e = m.tables[t, (vpn >> m.shifts[lvl]) & m.masks[lvl]]
+        if (e & PTE_PRESENT) == 0:
+            return -1, -1
+        t = m.fi64[e >> PTE_SHIFT, G_VPN]
+    return t, (vpn >> m.shifts[levels - 1]) & m.masks[levels - 1]
+
+
+# ------------------------------------------------------------------------- balloon
+
+
+@kernel
+def balloon_inflate(m: Machine, bpid: int, n: int, out: np.ndarray) -> int:
+    """Give the balloon process ``bpid`` up to ``n`` frames, pinned; their numbers in ``out``.
+
+    Free frames go first; then the kernel evicts pages by its replacement policy (clean
+    ones dropped, dirty ones written to its swap). Returns how many frames it got: fewer
+    than ``n`` when nothing more can be evicted.
+    """
+    got = 0
+    while got < n:
+        if m.st[S_FREE_TOP] == 0:
+            lid = 0
+            if m.cfg[K_LOCAL] != 0:  # local lists: take from the largest
+                for other in range(1, m.lists.shape[0]):
+                    if m.lists[other, L_SIZE] > m.lists[lid, L_SIZE]:
+                        lid = other
+            if not evict(m, lid):
+                break
+        m.st[S_FREE_TOP] -= 1
+        f = m.free_stack[m.st[S_FREE_TOP]]
+        m.fi32[f, F_OWNER] = bpid
+        m.fi32[f, F_FLAGS] = FR_PINNED
+        m.fi32[f, F_SLOT] = -1
+        m.fi64[f, G_VPN] = -1
+        m.fi64[f, G_TOKEN] = 0
+        m.proc[bpid, P_RESIDENT] += 1
+        out[got] = f
+        got += 1
+    return got
+
+
+@kernel
+def release_frames(m: Machine, frames: np.ndarray, n: int) -> None:
+    """Free the first ``n`` of ``frames``, pinned frames of a pseudo-process (balloon pages,
+    the hypervisor's shared and cache frames)."""
+    for k in range(n):
+        f = frames[k]
+        m.proc[m.fi32[f, F_OWNER], P_RESIDENT] -= 1
+        free_frame(m, f)
+
+
+@kernel
+def grab_frame(m: Machine, pid: int) -> int:
+    """A frame for pseudo-process ``pid``, pinned (evicting a page if memory is full); -1 if
+    none can be had."""
+    f = take_frame(m, pid, False)
+    if f < 0:
+        return -1
+    m.fi32[f, F_OWNER] = pid
+    m.fi32[f, F_FLAGS] = FR_PINNED
+    m.fi32[f, F_SLOT] = -1
+    m.fi64[f, G_VPN] = -1
+    m.fi64[f, G_TOKEN] = 0
+    m.proc[pid, P_RESIDENT] += 1
+    return f
+
+
+@kernel
+def discard(m: Machine, pid: int, vpns: np.ndarray, shared_out: np.ndarray) -> tuple[int, int]:
+    """Forget pages ``vpns`` of ``pid`` without saving them: free their frames or swap
+    slots and clear their entries. Returns ``(frames freed, n)``; the first ``n`` of
+    ``shared_out`` are frames the pages were mapped to but ``pid`` does not own (shared
+    frames: their reference counts are the caller's)."""
+    freed = 0
+    n_shared = 0
+    for k in range(vpns.shape[0]):
+        t, idx = leaf_entry(m, pid, vpns[k])
+        if t < 0:
+            continue
+        e = m.tables[t, idx]
+        if e & PTE_PRESENT:
+            f = e >> PTE_SHIFT
+            if m.fi32[f, F_OWNER] == pid:
+                list_remove(m.lists, m.fi32, list_id(m, pid), f)
+                slot = m.fi32[f, F_SLOT]
+                if slot >= 0:
+                    free_slot(m, slot)
+                m.proc[pid, P_RESIDENT] -= 1
+                free_frame(m, f)
+                freed += 1
+            else:
+                shared_out[n_shared] = f
+                n_shared += 1
+        elif e & PTE_SWAPPED:
+            free_slot(m, e >> PTE_SHIFT)
+            m.proc[pid, P_SWAPPED] -= 1
+        m.tables[t, idx] = 0
+    return freed, n_shared
+
+
+# ------------------------------------------------------------------- host swapping
+
+
+@kernel
+def pick_frames(m: Machine, pid: int, n: int, lru: bool, out: np.ndarray) -> int:
+    """Choose up to ``n`` distinct data frames of ``pid`` to evict; their numbers in ``out``.
+
+    At random (uniform draws over memory, kept when the frame holds an unpinned page of
+    ``pid``: ESX's random victims), or, with ``lru``, by the clock's second chance over
+    the replacement list from its head: a referenced page loses its bit and moves to the
+    tail; an unreferenced page of ``pid`` is taken.
+    """
+    nframes = m.fi32.shape[0]
+    got = 0
+    if lru:
+        lid = list_id(m, pid)
+        budget = 2 * m.lists[lid, L_SIZE] + 1
+        f = m.lists[lid, L_HEAD]
+        while got < n and budget > 0 and f >= 0:
+            budget -= 1
+            nxt = m.fi32[f, F_NEXT]
+            if m.fi32[f, F_OWNER] == pid:
+                if m.fi32[f, F_FLAGS] & FR_REFERENCED:
+                    m.fi32[f, F_FLAGS] &= ~FR_REFERENCED
+                    list_remove(m.lists, m.fi32, lid, f)
+                    list_append(m.lists, m.fi32, lid, f)
+                else:
+                    out[got] = f
+                    got += 1
+            f = nxt
+        return got
+    resident = m.proc[pid, P_RESIDENT]
+    if resident == 0:
+        return 0
+    tries = 64 * (nframes // resident + 1) * n
+    while got < n and tries > 0:
+        tries -= 1
+        f = rng_next(m.st) % nframes
+        if m.fi32[f, F_OWNER] != pid or (m.fi32[f, F_FLAGS] & _PINNED_OR_TABLE) != 0:
+            continue
+        seen = False
+        for k in range(got):
+            if out[k] == f:
+                seen = True
+                break
+        if not seen:
+            out[got] = f
+            got += 1
+    return got
+
+
+@kernel
+def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
+    """Take the pages in the first ``n`` of ``frames`` out of memory (written to swap,
+    compressed, or dropped, as an eviction does). Returns how many left: fewer when swap
+    is full."""
+    done = 0
+    for k in range(n):
+        f = frames[k]
+        q = m.fi32[f, F_OWNER]
+        if q < 0 or (m.fi32[f, F_FLAGS] & _PINNED_OR_TABLE) != 0:
+            continue
+        if not evict_frame(m, list_id(m, q), f):
+            break
+        done += 1
+    return done
+
+
+# --------------------------------------------------------------------- page sharing
+
+
+@kernel
+def make_shared(m: Machine, f: int, spid: int) -> None:
+    """Frame ``f``, a page of some VM, becomes a shared frame of pseudo-process ``spid``:
+    pinned, off the replacement lists, mapped read-only (a write must copy it)."""
+    q = m.fi32[f, F_OWNER]
+    list_remove(m.lists, m.fi32, list_id(m, q), f)
+    slot = m.fi32[f, F_SLOT]
+    if slot >= 0:
+        free_slot(m, slot)
+    where = m.fi64[f, G_RMAP]
+    m.tables[where >> RMAP_SHIFT, where & _RMAP_MASK] &= ~PTE_WRITABLE
+    m.proc[q, P_RESIDENT] -= 1
+    m.proc[spid, P_RESIDENT] += 1
+    m.fi32[f, F_OWNER] = spid
+    m.fi32[f, F_FLAGS] = FR_PINNED
+    m.fi32[f, F_SLOT] = -1
+
+
+@kernel
+def map_shared(m: Machine, f: int, shared: int) -> None:
+    """The page in frame ``f`` (private to its VM) now maps ``shared``, a shared frame with
+    the same content; ``f`` is freed."""
+    q = m.fi32[f, F_OWNER]
+    where = m.fi64[f, G_RMAP]
+    m.tables[where >> RMAP_SHIFT, where & _RMAP_MASK] = (
+        (shared << PTE_SHIFT) | PTE_PRESENT | PTE_USER | PTE_ACCESSED
+    )
+    list_remove(m.lists, m.fi32, list_id(m, q), f)
+    slot = m.fi32[f, F_SLOT]
+    if slot >= 0:
+        free_slot(m, slot)
+    m.proc[q, P_RESIDENT] -= 1
+    free_frame(m, f)
+
+
+@kernel
+def unmap(m: Machine, pid: int, vpn: int) -> int:
+    """Clear the present entry of ``vpn`` in ``pid``'s table; return the frame it mapped
+    (-1 if none). The frame is left as it is: the caller owns what happens to it."""
+    t, idx = leaf_entry(m, pid, vpn)
+    if t < 0:
+        return -1
+    e = m.tables[t, idx]
+    if (e & PTE_PRESENT) == 0:
+        return -1
+    m.tables[t, idx] = 0
+    return e >> PTE_SHIFT
+
+
+@kernel
+def frame_of(m: Machine, pid: int, vpn: int) -> int:
+    """The frame ``vpn`` of ``pid`` is in, or -1 (not present)."""
+    t, idx = leaf_entry(m, pid, vpn)
+    if t < 0:
+        return -1
+    e = m.tables[t, idx]
+    return e >> PTE_SHIFT if e & PTE_PRESENT else -1
+
+
+# ---------------------------------------------------------------------- contents
+
+
+@kernel
+def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
+    """Give each data frame of ``pid`` the content of the page it holds: ``content[vpn]``
+    (the guest frame tokens, for a VM). A frame whose page changed turns dirty and gives
+    back its swap copy, now stale. Returns how many changed."""
+    changed = 0
+    fi32, fi64 = m.fi32, m.fi64
+    for f in range(fi32.shape[0]):
+        if fi32[f, F_OWNER] != pid or (fi32[f, F_FLAGS] & _PINNED_OR_TABLE) != 0:
+            continue
+        tok = content[fi64[f, G_VPN], G_TOKEN]
+        if tok != fi64[f, G_TOKEN]:
+            fi64[f, G_TOKEN] = tok
+            fi32[f, F_FLAGS] |= FR_DIRTY
+            slot = fi32[f, F_SLOT]
+            if slot >= 0:
+                free_slot(m, slot)
+                fi32[f, F_SLOT] = -1
+            changed += 1
+    return changed
+
+
+@kernel
+def swapped_pages(m: Machine, pid: int, vpns: np.ndarray, out: np.ndarray) -> int:
+    """Which of ``vpns`` are in swap (their entry says swapped): their indices in ``out``."""
+    n = 0
+    for k in range(vpns.shape[0]):
+        t, idx = leaf_entry(m, pid, vpns[k])
+        if t >= 0 and (m.tables[t, idx] & PTE_SWAPPED) != 0:
+            out[n] = k
+            n += 1
+    return n
+
+
+@kernel
+def shoot_down(m: Machine, frames: np.ndarray) -> None:
+    """Invalidate the TLB entries that map the pages in ``frames`` (a TLB shootdown)."""
+    for k in range(frames.shape[0]):
+        f = frames[k]
+        q = m.fi32[f, F_OWNER]
+        flags = m.fi32[f, F_FLAGS]
+        if q >= 0 and (flags & FR_TABLE) == 0 and m.fi64[f, G_VPN] >= 0:
+            tlb_invalidate(m, q, m.fi64[f, G_VPN], (flags & FR_HUGE) != 0)
+
+
+@kernel
+def fix_swap_copies(m: Machine, ring: np.ndarray, n: int, pid: int, content: np.ndarray) -> None:
+    """Pages of ``pid`` that the last ``n`` evictions of ``ring`` wrote to swap take their
+    contents from ``content[vpn]``: what they held when they left (their frame's token may
+    have lagged behind writes made through a TLB in the same quantum)."""
+    for k in range(min(n, ring.shape[0])):
+        if ring[k, 0] != pid or ring[k, 3] == 0:
+            continue
+        vpn = ring[k, 1]
+        t, idx = leaf_entry(m, pid, vpn)
+        if t < 0:
+            continue
+        e = m.tables[t, idx]
+        if e & PTE_SWAPPED:
+            m.swap_token[e >> PTE_SHIFT] = content[vpn, G_TOKEN]
+
+
+@kernel
+def host_copy(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
+    """Where the host keeps page ``vpn`` of ``pid`` and its content: (1, token) in a frame,
+    (2, token) in a swap slot or the compression cache, (0, 0) nowhere."""
+    t, idx = leaf_entry(m, pid, vpn)
+    if t < 0:
+        return 0, 0
+    e = m.tables[t, idx]
+    if e & PTE_PRESENT:
+        return 1, m.fi64[e >> PTE_SHIFT, G_TOKEN]
+    if e & PTE_SWAPPED:
+        return 2, m.swap_token[e >> PTE_SHIFT]
+    return 0, 0

@@ -1,0 +1,613 @@
+"""Reclamation: how the hypervisor takes physical memory back from VMs under shortage.
+
+When the VMs' real memories add up to more than physical memory, the hypervisor must
+take frames back from VMs that hold more than they need. VMware ESX (Waldspurger,
+"Memory Resource Management in VMware ESX Server", OSDI 2002) does it with four
+techniques, chosen by how short free memory is (ESXi's *free-memory states*,
+:mod:`memvirt.hypervisor.states`):
+
+**Page sharing** (clear, soft, hard). A scanner hashes the contents of a few pages per
+second; two real pages with identical contents are backed by one frame, mapped
+read-only, with a reference count; a write to it copies the page to a private frame
+first (copy-on-write). Pages full of zeros are the commonest case. With *salting*
+(ESXi's default since 2015) pages are shared only within one VM.
+
+**Ballooning** (soft). A driver in the guest allocates real pages from its own kernel
+and pins them; the hypervisor then frees the frames behind them. The guest chooses what
+to give up, with its own knowledge: free pages first, then pages its replacement
+policy evicts (clean ones dropped, dirty ones written to the guest's swap). Deflating
+gives the pages back to the guest. A balloon holds at most 65% of its VM
+(Mem.CtlMaxPercent); a guest without a driver can be reclaimed only by the hypervisor.
+
+**Compression and swapping** (hard, low). The hypervisor evicts real pages itself,
+without the guest knowing, chosen at random (ESX) or by a clock (an LRU approximation).
+A page that compresses to 2 KiB or less goes to the VM's compression cache (10% of its
+memory) instead of the swap device; reading it back costs a decompression, not a disk
+read. The guest may later swap out a page the hypervisor has already swapped out:
+*double paging*, one extra read (the hypervisor must bring the page back so the guest
+can write it out).
+
+**Blocking** (low). VMs above their target may not allocate: their vCPUs wait.
+
+Who gives memory up is decided by **proportional share with the idle memory tax**
+(:mod:`memvirt.hypervisor.allocation`): each VM's entitlement follows its shares,
+charged more for idle pages than for active ones (tau = 0.75), with the active fraction
+estimated by sampling 100 random pages per period; balloon targets and swap victims
+come from the VMs above their entitlement, lowest shares-per-page first (min-funded
+revocation).
+
+This module is the control plane (plain Python, run every ``control_period`` of
+simulated time and after each VM's host pass); the page-by-page steps are numba
+kernels in :mod:`memvirt.dataplane.reclaim`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from memvirt.config import HypervisorConfig
+from memvirt.dataplane import native, reclaim
+from memvirt.dataplane.layout import (
+    C_COMPRESSIONS,
+    F_FLAGS,
+    FR_PINNED,
+    FR_TABLE,
+    G_TOKEN,
+    K_COMP_MIN,
+    K_COMP_THRESHOLD,
+    K_COMP_ZERO,
+    K_COMPRESS,
+    P_COMP_BYTES,
+    P_COMP_CAP,
+    P_COMPRESSED,
+    P_RESIDENT,
+    P_SWAPPED,
+    S_FREE_TOP,
+    S_RING_N,
+)
+from memvirt.hypervisor.allocation import ActiveEstimator, Claim, entitlements, revoke
+from memvirt.hypervisor.states import STATES, FreeMemoryStates, min_free_bytes
+
+if TYPE_CHECKING:
+    from memvirt.engine.virtual import VM, VirtualizedMachine
+
+#: Columns of the time series (docs/scenarios.md).
+TIMESERIES_COLUMNS = (
+    "time_s", "vm", "allocated_pages", "target_pages", "active_true", "active_estimated",
+    "balloon_pages", "shared_pages", "compressed_pages", "host_swapped_pages", "accesses",
+    "guest_major_faults", "host_major_faults", "host_free_pages", "host_state",
+)  # fmt: skip
+
+#: Techniques whose reclaimed pages are counted, in the summary's order.
+RECLAIM_KINDS = ("ballooning", "sharing", "compression", "swapping")
+
+
+@dataclass
+class Sharing:
+    """The page-sharing state of the host: the hash table and the shared frames."""
+
+    #: content key -> shared frame (a key is the token, or (vm, token) when salted)
+    table: dict[Any, int] = field(default_factory=dict)
+    #: content key -> (vm index, real page) of a page seen once (a hint, as in ESX)
+    hints: dict[Any, tuple[int, int]] = field(default_factory=dict)
+    #: shared frame -> its key and the (vm index, real page) pairs mapped to it
+    owners: dict[int, tuple[Any, set[tuple[int, int]]]] = field(default_factory=dict)
+    copies: int = 0  # writes that broke sharing
+
+
+@dataclass
+class VMReclaim:
+    """What reclamation knows and has done about one VM."""
+
+    index: int
+    real_pages: int
+    minimum: int
+    maximum: int
+    shares: float
+    has_driver: bool
+    balloon_pid: int
+    estimator: ActiveEstimator
+    rng: np.random.Generator
+    target: int = 0
+    balloon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    balloon_n: int = 0
+    #: real page -> shared frame, for this VM's pages backed by a shared frame
+    shared: dict[int, int] = field(default_factory=dict)
+    cache_frames: list[int] = field(default_factory=list)
+    sampled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    sample_size: int = 0
+    scan_cursor: int = 0
+    active_true: float = 0.0
+    active_true_sum: float = 0.0
+    active_estimate_sum: float = 0.0
+    periods: int = 0
+    double_paging_reads: int = 0
+    pending_ns: float = 0.0
+    blocked_ns: float = 0.0
+    maxima: dict[str, int] = field(
+        default_factory=lambda: {"balloon": 0, "shared": 0, "compressed": 0, "host_swapped": 0}
+    )
+
+
+class Reclaimer:
+    """The hypervisor's memory management: states, allocation, and the four techniques."""
+
+    def __init__(self, machine: VirtualizedMachine, config: HypervisorConfig, seed: int) -> None:
+        self.machine = machine
+        self.config = config
+        host = machine.host
+        self.host = host
+        self.page = host.page_size
+        physical = host.config.frames
+        sc = config.states
+        min_free_pages = (
+            sc.min_free if sc.min_free is not None else min_free_bytes(physical * self.page)
+        ) // self.page
+        self.min_free_pages = max(1, min_free_pages)
+        thresholds = {name: getattr(sc.thresholds, name) for name in STATES}
+        techniques = {name: getattr(sc.techniques, name) for name in STATES}
+        self.states = FreeMemoryStates(
+            self.min_free_pages, thresholds=thresholds, techniques=techniques
+        )
+        self.sharing = Sharing()
+        self.reclaimed = dict.fromkeys(RECLAIM_KINDS, 0)
+        self.rows: list[dict[str, Any]] = []
+        self.next_allocation = 0.0
+        self.next_sample = 0.0
+        self.last_tick = 0.0
+        ac = config.allocation
+        self.vms: list[VMReclaim] = []
+        for vm in machine.vms:
+            vmc = vm.config
+            maximum = vm.real_pages
+            if vmc.limit is not None:
+                maximum = min(maximum, vmc.limit // self.page)
+            self.vms.append(
+                VMReclaim(
+                    index=len(self.vms),
+                    real_pages=vm.real_pages,
+                    minimum=vmc.reservation // self.page,
+                    maximum=maximum,
+                    shares=float(vmc.shares),
+                    has_driver=vmc.balloon,
+                    balloon_pid=vm.balloon_pid,
+                    estimator=ActiveEstimator(fast_gain=ac.fast_gain, slow_gain=ac.slow_gain),
+                    rng=np.random.default_rng([seed, 7, len(self.vms)]),
+                    target=vm.real_pages,
+                    sampled=np.zeros(vm.real_pages, dtype=np.uint8),
+                )
+            )
+        cc = config.compression
+        cfg = host.cfg
+        model = machine.vms[0].config.guest.content if machine.vms else None
+        if model is not None:
+            cfg[K_COMP_THRESHOLD] = math.ceil(model.compressible_fraction * 2.0**53)
+            cfg[K_COMP_MIN] = model.min_compressed
+            cfg[K_COMP_ZERO] = model.zero_compressed_size
+        for vm in machine.vms:
+            cap = int(vm.real_pages * self.page * cc.cache_percent / 100.0)
+            host.proc[vm.host_pid, P_COMP_CAP] = cap if cc.enabled else 0
+        self.out = np.zeros(max(1, max((v.real_pages for v in self.vms), default=1)), np.int64)
+
+    # ---------------------------------------------------------------- per VM figures
+
+    def allocated(self, vm: VM) -> int:
+        """Frames the VM holds: its private frames and its compression cache's."""
+        r = self.vms[vm.index]
+        return int(self.host.proc[vm.host_pid, P_RESIDENT]) + len(r.cache_frames)
+
+    def compressed(self, vm: VM) -> int:
+        return int(self.host.proc[vm.host_pid, P_COMPRESSED])
+
+    def host_swapped(self, vm: VM) -> int:
+        proc = self.host.proc[vm.host_pid]
+        return int(proc[P_SWAPPED] - proc[P_COMPRESSED])
+
+    def take_pending(self, vm: VM) -> float:
+        """Simulated ns of reclamation work the VM's guest did (balloon I/O) and has not yet
+        been charged for."""
+        r = self.vms[vm.index]
+        pending, r.pending_ns = r.pending_ns, 0.0
+        return pending
+
+    def frame(self) -> Any:
+        """The time series, one row per VM per control step (a pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=TIMESERIES_COLUMNS)
+
+    def blocked(self, vm: VM) -> bool:
+        """In the low state, a VM above its target may not allocate: its vCPUs wait."""
+        if not self.states.enabled("blocking"):
+            return False
+        return self.allocated(vm) > self.vms[vm.index].target
+
+    # ---------------------------------------------------------------- the host pass
+
+    def before_host_pass(self, vm: VM, written: np.ndarray) -> np.ndarray:
+        """Break the sharing of pages the guest wrote (their contents changed, or the host
+        is about to see a write to them: ``written``); return the real pages whose sharing
+        broke, which the host must touch again as writes (the copies)."""
+        r = self.vms[vm.index]
+        if not r.shared:
+            return np.zeros(0, dtype=np.int64)
+        pages = np.fromiter(r.shared.keys(), dtype=np.int64, count=len(r.shared))
+        frames = np.fromiter(r.shared.values(), dtype=np.int64, count=len(r.shared))
+        now = vm.guest.frames.fi64[pages, G_TOKEN]
+        held = self.host.frames.fi64[frames, G_TOKEN]
+        broken: np.ndarray = pages[(now != held) | np.isin(pages, written)]
+        for page in broken.tolist():
+            self._unshare(vm, page)
+            self.sharing.copies += 1
+        return broken
+
+    def after_host_pass(self, vm: VM, pages: np.ndarray) -> None:
+        """Mark sampled pages touched; settle the compression caches."""
+        r = self.vms[vm.index]
+        if r.sample_size and pages.size:
+            seen = pages[r.sampled[pages] == 1]
+            r.sampled[seen] = 2
+        self._settle_caches()
+
+    def double_paging(self, vm: VM, evicted: np.ndarray) -> np.ndarray:
+        """Of the real pages the guest just wrote to its swap, those the hypervisor had
+        swapped out: each costs one extra read (double paging)."""
+        if evicted.size == 0:
+            return evicted
+        out = np.empty(evicted.size, dtype=np.int64)
+        n = reclaim.swapped_pages(self.host.machine, vm.host_pid, evicted, out)
+        self.vms[vm.index].double_paging_reads += n
+        doubled: np.ndarray = evicted[out[:n]]
+        return doubled
+
+    # ---------------------------------------------------------------- the control step
+
+    def tick(self, now: float) -> None:
+        """One reclamation step at simulated time ``now`` (ns)."""
+        cfg = self.config
+        dt = (now - self.last_tick) / 1e9
+        self.last_tick = now
+        host = self.host
+        state = self.states.update(int(host.st[S_FREE_TOP]), now)
+        if now >= self.next_sample:
+            self._sample(now)
+            self.next_sample = now + cfg.allocation.sample_period * 1e9
+        if now >= self.next_allocation:
+            self._allocate()
+            self.next_allocation = now + cfg.allocation.period * 1e9
+        if cfg.sharing.enabled and self.states.enabled("sharing") and dt > 0:
+            self._scan(dt)
+        if cfg.balloon.enabled:
+            self._balloon(dt, state)
+        compress = cfg.compression.enabled and self.states.enabled("compression")
+        host.cfg[K_COMPRESS] = 1 if compress else 0
+        if self.states.enabled("swapping") or compress:
+            self._swap(compress, self.states.enabled("swapping"))
+        self._settle_caches()
+        self.states.update(int(host.st[S_FREE_TOP]), now)
+        self._record(now)
+
+    def _claims(self) -> list[Claim]:
+        return [
+            Claim(
+                shares=r.shares,
+                active=r.estimator.estimate,
+                allocated=self.allocated(vm),
+                minimum=min(r.minimum, r.maximum),
+                maximum=r.maximum,
+            )
+            for r, vm in zip(self.vms, self.machine.vms, strict=True)
+        ]
+
+    def _allocate(self) -> None:
+        """Each VM's target: its entitlement of the memory the VMs may hold."""
+        host = self.host
+        overhead = (
+            host.config.frames
+            - int(host.st[S_FREE_TOP])
+            - sum(self.allocated(vm) for vm in self.machine.vms)
+        )
+        available = host.config.frames - overhead - self.states.threshold_pages("clear")
+        claims = self._claims()
+        available = max(available, sum(c.minimum for c in claims))
+        shares = entitlements(claims, available, self.config.allocation.idle_tax)
+        for r, share in zip(self.vms, shares, strict=True):
+            r.target = share
+
+    def _sample(self, now: float) -> None:
+        """Close a sampling period: the estimate takes its sample; start the next period."""
+        ac = self.config.allocation
+        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+            if r.sample_size:
+                touched = int(np.count_nonzero(r.sampled == 2))
+                fraction = touched / r.sample_size
+                if r.periods == 0:  # the first measurement: both averages start from it
+                    r.estimator.fast = r.estimator.slow = fraction
+                r.estimator.add_sample(fraction)
+                r.active_true = vm.true_active() / r.real_pages
+                r.active_true_sum += r.active_true
+                r.active_estimate_sum += r.estimator.estimate
+                r.periods += 1
+            r.sampled[:] = 0
+            k = min(ac.sample_pages, r.real_pages)
+            pick = r.rng.choice(r.real_pages, size=k, replace=False)
+            r.sampled[pick] = 1
+            r.sample_size = k
+            # as ESX does, the sampled pages' translations are invalidated, so that the next
+            # access to each is seen
+            self.machine.shoot_down(vm, pick)
+            vm.reset_true_active()
+
+    def _scan(self, dt: float) -> None:
+        """Scan pages for identical contents (ESX's content-based page sharing)."""
+        sc = self.config.sharing
+        total = None if sc.total_rate is None else int(sc.total_rate / self.page * dt)
+        host_m = self.host.machine
+        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+            rate = (sc.scan_rate / self.page) if sc.scan_rate is not None else (
+                r.real_pages / sc.scan_period)  # fmt: skip
+            n = min(r.real_pages, int(rate * dt + r.rng.random()))
+            if total is not None:
+                n = min(n, total)
+                total -= n
+            if n <= 0:
+                continue
+            pages = (r.scan_cursor + np.arange(n, dtype=np.int64)) % r.real_pages
+            r.scan_cursor = int((r.scan_cursor + n) % r.real_pages)
+            tokens = vm.guest.frames.fi64[pages, G_TOKEN]
+            # balloon pages are not the guest's to share, and page-table pages change
+            # without their tokens changing: neither is a candidate
+            kind = vm.guest.frames.fi32[pages, F_FLAGS] & (FR_PINNED | FR_TABLE)
+            skip = kind != 0
+            for page, token, skipped in zip(pages.tolist(), tokens.tolist(),
+                                             skip.tolist(), strict=True):  # fmt: skip
+                if skipped or page in r.shared:
+                    continue
+                f = reclaim.frame_of(host_m, vm.host_pid, page)
+                if f < 0:
+                    continue
+                self._consider(r, vm, page, int(token), f)
+
+    def _key(self, r: VMReclaim, token: int) -> Any:
+        return token if self.config.sharing.inter_vm else (r.index, token)
+
+    def _consider(self, r: VMReclaim, vm: VM, page: int, token: int, f: int) -> None:
+        sharing = self.sharing
+        key = self._key(r, token)
+        host_m = self.host.machine
+        shared = sharing.table.get(key)
+        if shared is not None:
+            reclaim.map_shared(host_m, f, shared)
+            sharing.owners[shared][1].add((r.index, page))
+            r.shared[page] = shared
+            self.reclaimed["sharing"] += 1
+            return
+        hint = sharing.hints.get(key)
+        if hint is not None and hint != (r.index, page):
+            hvm_index, hpage = hint
+            hvm = self.machine.vms[hvm_index]
+            hr = self.vms[hvm_index]
+            hf = reclaim.frame_of(host_m, hvm.host_pid, hpage)
+            still = (
+                hf >= 0
+                and hpage not in hr.shared
+                and int(hvm.guest.frames.fi64[hpage, G_TOKEN]) == token
+            )
+            if still:
+                del sharing.hints[key]
+                reclaim.make_shared(host_m, hf, self.machine.hypervisor_pid)
+                self.host.frames.fi64[hf, G_TOKEN] = token
+                sharing.table[key] = hf
+                sharing.owners[hf] = (key, {(hvm_index, hpage)})
+                hr.shared[hpage] = hf
+                reclaim.map_shared(host_m, f, hf)
+                sharing.owners[hf][1].add((r.index, page))
+                r.shared[page] = hf
+                self.reclaimed["sharing"] += 1
+                return
+        sharing.hints[key] = (r.index, page)
+
+    def _unshare(self, vm: VM, page: int) -> None:
+        """``page`` of ``vm`` no longer maps its shared frame (a write, or it was discarded)."""
+        r = self.vms[vm.index]
+        shared = r.shared.pop(page)
+        reclaim.unmap(self.host.machine, vm.host_pid, page)
+        self._drop_ref(shared, (r.index, page))
+
+    def _drop_ref(self, shared: int, who: tuple[int, int]) -> None:
+        key, owners = self.sharing.owners[shared]
+        owners.discard(who)
+        if not owners:
+            del self.sharing.owners[shared]
+            self.sharing.table.pop(key, None)
+            frames = np.array([shared], dtype=np.int64)
+            reclaim.release_frames(self.host.machine, frames, 1)
+
+    def _balloon(self, dt: float, state: str) -> None:
+        """Move each balloon toward its target, within the inflate and deflate rates."""
+        bc = self.config.balloon
+        inflate_cap = int(bc.inflate_rate / self.page * dt)
+        deflate_cap = int(bc.deflate_rate / self.page * dt)
+        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+            if not r.has_driver:
+                continue
+            most = int(r.real_pages * bc.max_percent / 100.0)
+            if state == "high":
+                want = 0
+            elif self.states.enabled("ballooning"):
+                want = r.balloon_n + self.allocated(vm) - r.target
+            else:
+                want = r.balloon_n if self.allocated(vm) >= r.target else 0
+            want = max(0, min(most, want))
+            if want > r.balloon_n:
+                self._inflate(r, vm, min(want - r.balloon_n, inflate_cap))
+            elif want < r.balloon_n:
+                self._deflate(r, vm, min(r.balloon_n - want, deflate_cap))
+
+    def _inflate(self, r: VMReclaim, vm: VM, n: int) -> None:
+        if n <= 0:
+            return
+        guest = vm.guest
+        out = np.empty(n, dtype=np.int64)
+        got = 0
+        step = guest.ring.shape[0]  # the guest logs each eviction: no more at once
+        while got < n:
+            guest.st[S_RING_N] = 0
+            # the guest's writes to its swap are asynchronous (as the host's are): no stall
+            k = reclaim.balloon_inflate(guest.machine, r.balloon_pid, min(step, n - got),
+                                        out[got:])  # fmt: skip
+            # guest pages written to its swap that the hypervisor had swapped must be read
+            # back first: that read stalls the guest
+            extra = self.double_paging(vm, self.machine.guest_written(vm))
+            if extra.size:
+                hd = self.machine.host_touch(vm, extra, np.zeros(extra.size, np.uint8))
+                r.pending_ns += self.machine.host_stall(hd)
+            got += k
+            if k == 0:
+                break
+        pages = out[:got]
+        self._discard(r, vm, pages)
+        if r.balloon.size < r.balloon_n + got:
+            grown = np.zeros(max(r.balloon_n + got, 2 * r.balloon.size), dtype=np.int64)
+            grown[: r.balloon_n] = r.balloon[: r.balloon_n]
+            r.balloon = grown
+        r.balloon[r.balloon_n : r.balloon_n + got] = pages
+        r.balloon_n += got
+
+    def _discard(self, r: VMReclaim, vm: VM, pages: np.ndarray) -> None:
+        """The hypervisor frees what backs the balloon's pages."""
+        for page in pages.tolist():
+            if page in r.shared:
+                self._unshare(vm, page)
+        shared_out = np.empty(max(1, pages.size), dtype=np.int64)
+        freed, _ = reclaim.discard(self.host.machine, vm.host_pid, pages, shared_out)
+        self.reclaimed["ballooning"] += int(freed)
+        self.machine.forget(vm, pages)
+
+    def _deflate(self, r: VMReclaim, vm: VM, n: int) -> None:
+        if n <= 0:
+            return
+        start = r.balloon_n - n
+        reclaim.release_frames(vm.guest.machine, r.balloon[start : r.balloon_n], n)
+        r.balloon_n = start
+
+    def _swap(self, compress: bool, swap: bool) -> None:
+        """Evict pages of the VMs that gain least from them, until free memory is back at
+        the level that ends the state (min-funded revocation)."""
+        host = self.host
+        need = self.states.target_free_pages() - int(host.st[S_FREE_TOP])
+        if need <= 0:
+            return
+        claims = self._claims()
+        take = revoke(claims, need, self.config.allocation.idle_tax)
+        lru = self.config.swap_victim == "lru"
+        host_m = host.machine
+        for vm, n in zip(self.machine.vms, take, strict=True):
+            if n <= 0:
+                continue
+            out = np.empty(n, dtype=np.int64)
+            got = reclaim.pick_frames(host_m, vm.host_pid, n, lru, out)
+            frames = out[:got]
+            if not swap:  # compression alone: only pages that fit the cache's 2 KiB rule
+                sizes = np.array([native.compressed_bytes(host.cfg, int(t)) for t in
+                                  host.frames.fi64[frames, G_TOKEN]], dtype=np.int64)  # fmt: skip
+                frames = frames[sizes <= native.COMPRESSION_LIMIT]
+            before_c = int(host.pctr[vm.host_pid, C_COMPRESSIONS])
+            host.st[S_RING_N] = 0
+            done = reclaim.evict_frames(host_m, frames, frames.size)
+            compressed = int(host.pctr[vm.host_pid, C_COMPRESSIONS]) - before_c
+            self.reclaimed["compression"] += compressed
+            self.reclaimed["swapping"] += int(done) - compressed
+            self.machine.shoot_down_evicted()
+
+    def _settle_caches(self) -> None:
+        """Each VM's compression cache holds as many frames as its compressed bytes fill."""
+        host = self.host
+        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+            used = int(host.proc[vm.host_pid, P_COMP_BYTES])
+            need = -(-used // self.page)
+            while len(r.cache_frames) < need:
+                f = reclaim.grab_frame(host.machine, self.machine.hypervisor_pid)
+                if f < 0:
+                    break
+                r.cache_frames.append(int(f))
+            if len(r.cache_frames) > need:
+                extra = np.array(r.cache_frames[need:], dtype=np.int64)
+                del r.cache_frames[need:]
+                reclaim.release_frames(host.machine, extra, extra.size)
+            self.machine.shoot_down_evicted()
+
+    # ---------------------------------------------------------------- outputs
+
+    def _record(self, now: float) -> None:
+        free = int(self.host.st[S_FREE_TOP])
+        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+            shared = len(r.shared)
+            compressed = self.compressed(vm)
+            swapped = self.host_swapped(vm)
+            m = r.maxima
+            m["balloon"] = max(m["balloon"], r.balloon_n)
+            m["shared"] = max(m["shared"], shared)
+            m["compressed"] = max(m["compressed"], compressed)
+            m["host_swapped"] = max(m["host_swapped"], swapped)
+            g = vm.guest.counters()
+            self.rows.append(
+                {
+                    "time_s": now / 1e9,
+                    "vm": vm.name,
+                    "allocated_pages": self.allocated(vm),
+                    "target_pages": r.target,
+                    "active_true": r.active_true,
+                    "active_estimated": r.estimator.estimate,
+                    "balloon_pages": r.balloon_n,
+                    "shared_pages": shared,
+                    "compressed_pages": compressed,
+                    "host_swapped_pages": swapped,
+                    "accesses": g["accesses"],
+                    "guest_major_faults": g["major_faults"],
+                    "host_major_faults": self.host.counters(vm.host_pid)["major_faults"],
+                    "host_free_pages": free,
+                    "host_state": self.states.state,
+                }
+            )
+
+    def vm_summary(self, vm: VM) -> dict[str, Any]:
+        """The reclamation keys of one VM's summary."""
+        r = self.vms[vm.index]
+        h = self.host.counters(vm.host_pid)
+        return {
+            "target_pages": r.target,
+            "balloon_pages": r.balloon_n,
+            "balloon_pages_max": r.maxima["balloon"],
+            "shared_pages": len(r.shared),
+            "shared_pages_max": r.maxima["shared"],
+            "compressed_pages": self.compressed(vm),
+            "compressed_pages_max": r.maxima["compressed"],
+            "host_swapped_pages_max": r.maxima["host_swapped"],
+            "compressions": h["compressions"],
+            "decompressions": h["decompressions"],
+            "active_fraction_estimated": r.estimator.estimate,
+            "active_fraction_true": r.active_true,
+            "active_fraction_estimated_mean": (
+                r.active_estimate_sum / r.periods if r.periods else None
+            ),
+            "active_fraction_true_mean": r.active_true_sum / r.periods if r.periods else None,
+            "double_paging_reads": r.double_paging_reads,
+            "blocked_seconds": r.blocked_ns / 1e9,
+        }
+
+    def host_summary(self, now: float) -> dict[str, Any]:
+        """The reclamation keys of the host's summary."""
+        return {
+            "min_free_pages": self.min_free_pages,
+            "state": self.states.state,
+            "time_in_state": self.states.time_in_state(now),
+            "reclaimed_pages": dict(self.reclaimed),
+            "shared_frames": len(self.sharing.owners),
+            "sharing_saved_pages": sum(len(r.shared) for r in self.vms) - len(self.sharing.owners),
+            "sharing_copies": self.sharing.copies,
+        }

@@ -1,0 +1,191 @@
+"""Reclamation under overcommitment: the experiments of docs/experiments.md, asserted.
+
+Each example scenario is run as it is and with the one setting its comment says to
+change; the assertions are the outcomes the literature reports (Waldspurger, OSDI 2002).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from memvirt.config import load_scenario, scenario_from_dict
+from memvirt.engine.scenario import RunResult, run
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name: str, *settings: str) -> RunResult:
+    return run(load_scenario(EXAMPLES / name, list(settings)))
+
+
+def combined(summary: dict[str, Any], key: str) -> float:
+    return float(sum(vm[key] for vm in summary["vms"]))
+
+
+def major_faults(summary: dict[str, Any]) -> int:
+    return int(sum(vm["guest_swap_ins"] + vm["host_swap_ins"] for vm in summary["vms"]))
+
+
+@pytest.fixture(scope="module")
+def ballooning() -> tuple[RunResult, RunResult]:
+    return (
+        run_example("overcommit-ballooning.toml"),
+        run_example("overcommit-ballooning.toml", "hypervisor.balloon.enabled=false"),
+    )
+
+
+def test_balloons_beat_hypervisor_swapping_alone(ballooning: tuple[RunResult, RunResult]) -> None:
+    with_balloons, swapping_only = ballooning[0].summary, ballooning[1].summary
+    assert combined(with_balloons, "throughput") > 1.1 * combined(swapping_only, "throughput")
+    assert major_faults(with_balloons) < major_faults(swapping_only)
+    assert all(vm["balloon_pages_max"] > 0 for vm in with_balloons["vms"])
+    assert all(vm["balloon_pages_max"] == 0 for vm in swapping_only["vms"])
+    # the guests gave up idle pages: what ballooning took exceeds what the host swapped
+    reclaimed = with_balloons["host"]["reclaimed_pages"]
+    assert reclaimed["ballooning"] > reclaimed["swapping"]
+    assert swapping_only["host"]["reclaimed_pages"]["swapping"] > reclaimed["swapping"]
+
+
+def test_a_balloon_never_holds_more_than_65_percent_of_its_vm(
+    ballooning: tuple[RunResult, RunResult],
+) -> None:
+    for vm in ballooning[0].summary["vms"]:
+        assert vm["balloon_pages_max"] <= 0.65 * vm["real_pages"]
+
+
+def test_the_guest_swapping_a_page_the_host_swapped_costs_a_read(
+    ballooning: tuple[RunResult, RunResult],
+) -> None:
+    assert combined(ballooning[0].summary, "double_paging_reads") > 0
+    assert combined(ballooning[1].summary, "double_paging_reads") == 0  # the guests never swap
+
+
+def test_time_in_the_free_memory_states_adds_up(ballooning: tuple[RunResult, RunResult]) -> None:
+    for result in ballooning:
+        host = result.summary["host"]
+        assert set(host["time_in_state"]) == {"high", "clear", "soft", "hard", "low"}
+        total = sum(host["time_in_state"].values())
+        assert total == pytest.approx(result.summary["simulated_seconds"], abs=1e-6)
+    # with balloons the host spent time in soft, where ballooning works
+    assert ballooning[0].summary["host"]["time_in_state"]["soft"] > 0
+
+
+def test_the_time_series_has_a_row_per_vm_per_step(
+    ballooning: tuple[RunResult, RunResult], tmp_path: Path
+) -> None:
+    result = ballooning[0]
+    result.write(tmp_path)
+    frame = pd.read_parquet(tmp_path / "timeseries.parquet")
+    assert list(frame["vm"].unique()) == ["vm1", "vm2", "vm3"]
+    assert set(frame["host_state"]) <= {"high", "clear", "soft", "hard", "low"}
+    last = frame[frame["time_s"] == frame["time_s"].max()].set_index("vm")
+    for vm in result.summary["vms"]:
+        assert last.loc[vm["name"], "balloon_pages"] == vm["balloon_pages"]
+    assert frame.groupby("vm")["balloon_pages"].max().sum() == combined(
+        result.summary, "balloon_pages_max"
+    )
+
+
+def test_the_idle_memory_tax_moves_memory_to_the_active_vm() -> None:
+    untaxed = run_example("idle-memory-tax.toml", "hypervisor.allocation.idle_tax=0").summary
+    taxed = run_example("idle-memory-tax.toml").summary
+    u = {vm["name"]: vm for vm in untaxed["vms"]}
+    t = {vm["name"]: vm for vm in taxed["vms"]}
+    # equal shares, no tax: equal entitlements
+    assert abs(u["idle"]["target_pages"] - u["busy"]["target_pages"]) <= 2
+    # with the tax the idle VM's idle pages cost more: memory moves to the busy VM
+    assert t["busy"]["target_pages"] > 1.4 * t["idle"]["target_pages"]
+    assert t["busy"]["throughput"] > 1.2 * u["busy"]["throughput"]
+    assert t["idle"]["balloon_pages_max"] > u["idle"]["balloon_pages_max"]
+    # the estimate follows the truth for the busy VM
+    assert t["busy"]["active_fraction_estimated"] == pytest.approx(
+        t["busy"]["active_fraction_true"], abs=0.15
+    )
+
+
+def test_page_sharing_savings_grow_with_identical_vms() -> None:
+    raw = tomllib.loads((EXAMPLES / "page-sharing.toml").read_text())
+    os_pages = 32 * 256
+    saved = []
+    for n in (1, 2, 4):
+        data = dict(raw, vms=raw["vms"][:n])
+        summary = run(scenario_from_dict(data, source=f"page-sharing-{n}")).summary
+        saved.append(summary["host"]["sharing_saved_pages"] / (n * os_pages))
+    # one VM: its zero pages alone (a tenth of its OS memory, and zero pages of its process)
+    assert 0.09 < saved[0] < 0.2
+    assert saved[0] < saved[1] < saved[2] < 0.6  # toward image + zeros = 60%
+
+
+def test_salting_keeps_sharing_within_each_vm() -> None:
+    raw = tomllib.loads((EXAMPLES / "page-sharing.toml").read_text())
+    data = dict(raw, vms=raw["vms"][:2])
+    data["hypervisor"] = dict(raw["hypervisor"], sharing={"scan_period": 1.0, "inter_vm": False})
+    summary = run(scenario_from_dict(data, source="salted")).summary
+    # no image page is shared across the two VMs: only zero pages within each
+    assert summary["host"]["sharing_saved_pages"] / (2 * 32 * 256) < 0.2
+
+
+def test_compression_keeps_pages_that_fit_in_2_kib() -> None:
+    summary = run_example(
+        "overcommit-ballooning.toml",
+        "hypervisor.balloon.enabled=false",
+        "hypervisor.compression.enabled=true",
+        "run.seconds=2.0",
+    ).summary
+    reclaimed = summary["host"]["reclaimed_pages"]
+    assert reclaimed["compression"] > 0
+    assert combined(summary, "compressed_pages_max") > 0
+    for vm in summary["vms"]:
+        # the cache holds at most 10% of the VM's memory, in compressed bytes of <= 2 KiB
+        assert vm["compressed_pages_max"] * 256 <= 0.1 * vm["real_pages"] * 4096
+
+
+def test_the_estimate_rises_at_once_and_falls_slowly() -> None:
+    raw = tomllib.loads((EXAMPLES / "idle-memory-tax.toml").read_text())
+    busy = raw["vms"][1]
+    phases = {
+        "kind": "phases",
+        "repeat": False,
+        "phases": [
+            {"accesses": 100_000, "workload": {"kind": "loop", "length": 256}},
+            {"accesses": 300_000, "workload": {"kind": "uniform", "pages": 16384}},
+            {"accesses": 1, "workload": {"kind": "loop", "length": 256}},
+        ],
+    }
+    proc = dict(busy["processes"][0], workload=phases, start=0.0)
+    data = dict(raw, vms=[dict(busy, processes=[proc])])
+    data["host"] = {"memory": "256MiB"}
+    data["run"] = dict(raw["run"], seconds=3.0)
+    result = run(scenario_from_dict(data, source="working-set"))
+    assert result.timeseries is not None
+    series = result.timeseries.drop_duplicates("active_estimated")
+    est = result.timeseries.set_index("time_s")["active_estimated"]
+    true = result.timeseries.set_index("time_s")["active_true"]
+    grown = true[true > 0.3].index.min()  # the first period that saw the large set
+    assert est[grown] >= 0.9 * true[grown]  # up within one period
+    shrunk = true[(true.index > grown) & (true < 0.05)].index.min()
+    after = est[est.index >= shrunk]
+    # still high one period after the set shrank...
+    assert after.iloc[0] > 0.1 and after.iloc[0] > 5 * true[shrunk]
+    assert after.is_monotonic_decreasing and after.iloc[-1] < after.iloc[0]  # ...then falls
+    assert len(series) > 3
+
+
+@pytest.mark.parametrize(
+    ("example", "settings"),
+    [
+        ("overcommit-ballooning.toml", ()),
+        ("overcommit-ballooning.toml", ("hypervisor.balloon.enabled=false",)),
+        ("overcommit-ballooning.toml", ("hypervisor.compression.enabled=true",)),
+        ("idle-memory-tax.toml", ()),
+        ("page-sharing.toml", ()),
+    ],
+)
+def test_every_experiment_passes_the_content_check(example: str, settings: tuple[str, ...]) -> None:
+    summary = run_example(example, *settings, "run.check=true", "run.seconds=1.2").summary
+    assert all(not vm["stopped"] for vm in summary["vms"])
