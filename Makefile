@@ -18,8 +18,8 @@ demo: $(BIN)/memvirt
 	$(BIN)/memvirt run examples/multiprogramming.toml --out out/multiprogramming
 
 lint: $(BIN)/memvirt
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 
 test: lint

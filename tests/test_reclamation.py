@@ -14,7 +14,10 @@ import pandas as pd
 import pytest
 
 from memvirt.config import load_scenario, scenario_from_dict
-from memvirt.engine.scenario import RunResult, run
+from memvirt.engine.native import ContentError, NativeMachine
+from memvirt.engine.scenario import RunResult, build, run
+from memvirt.engine.virtual import VirtualizedMachine
+from memvirt.hypervisor.states import STATES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -189,3 +192,67 @@ def test_the_estimate_rises_at_once_and_falls_slowly() -> None:
 def test_every_experiment_passes_the_content_check(example: str, settings: tuple[str, ...]) -> None:
     summary = run_example(example, *settings, "run.check=true", "run.seconds=1.2").summary
     assert all(not vm["stopped"] for vm in summary["vms"])
+
+
+def tiny_overcommitted(seed: int, victim: str, techniques: bool) -> dict[str, Any]:
+    """Two VMs of 48 MiB on a 40 MiB host, writing a third of their accesses."""
+
+    def vm(name: str) -> dict[str, Any]:
+        process = {
+            "name": "p",
+            "memory": "28MiB",
+            "rate": 1e6,
+            "workload": {"kind": "uniform", "pages": 7168, "write_fraction": 0.3},
+        }
+        return {"name": name, "memory": "48MiB", "guest": {"swap": "64MiB"},
+                "processes": [process]}  # fmt: skip
+
+    hypervisor: dict[str, Any] = {
+        "host_swap": {"size": "128MiB"},
+        "swap_victim": victim,
+        "control_period": 0.01,
+        "sharing": {"scan_period": 0.5},
+    }
+    if not techniques:
+        hypervisor["states"] = {"techniques": {s: [] for s in STATES}}
+    return {
+        "host": {"memory": "40MiB"},
+        "hypervisor": hypervisor,
+        "vms": [vm("a"), vm("b")],
+        "run": {"accesses": 200_000, "seed": seed, "quantum_accesses": 2000, "check": True},
+    }
+
+
+@pytest.mark.parametrize("victim", ["random", "lru"])
+@pytest.mark.parametrize("techniques", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_tiny_overcommitted_host_loses_no_page(victim: str, techniques: bool, seed: int) -> None:
+    # host demand paging alone (no technique), then every technique, under the content check
+    summary = run(scenario_from_dict(tiny_overcommitted(seed, victim, techniques))).summary
+    assert sum(vm["host_swap_outs"] for vm in summary["vms"]) > 0
+    assert all(not vm["stopped"] for vm in summary["vms"])
+
+
+def test_the_content_check_catches_a_corrupted_swap_copy_natively() -> None:
+    scenario = load_scenario(
+        EXAMPLES / "demand-paging.toml", ["run.check=true", "run.accesses=600000"]
+    )
+    machine = build(scenario)
+    assert isinstance(machine, NativeMachine)
+    machine.run(accesses=300_000)
+    kernel = machine.kernel
+    assert kernel.swap.used() > 0
+    kernel.swap.token[kernel.swap.owner >= 0] ^= 1  # every copy in swap now differs
+    with pytest.raises(ContentError, match=r"reads .* it last wrote"):
+        machine.run(accesses=600_000)
+
+
+def test_the_content_check_catches_a_corrupted_host_copy() -> None:
+    machine = build(scenario_from_dict(tiny_overcommitted(0, "random", False)))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=100_000)
+    host = machine.host
+    assert host.swap.used() > 0
+    host.swap.token[host.swap.owner >= 0] ^= 1  # the host's swap no longer holds the pages
+    with pytest.raises(ContentError, match="in the guest, but the host keeps"):
+        machine.run(accesses=200_000)

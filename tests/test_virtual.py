@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -148,13 +149,16 @@ def test_reservations_that_do_not_fit_are_refused() -> None:
 
 def test_page_walk_caches_spare_the_host_walks_of_guest_table_pages() -> None:
     plain = two_vms()
-    cached = two_vms()
+    cached = copy.deepcopy(plain)
     cached["hypervisor"]["page_walk_caches"] = True
     without = run(scenario_from_dict(plain)).summary["vms"][0]
     with_caches = run(scenario_from_dict(cached)).summary["vms"][0]
     assert with_caches["walk_cache_hits"] > 0 and without["walk_cache_hits"] == 0
-    # the same guest walks, fewer host references
-    assert with_caches["guest_walk_references"] == without["guest_walk_references"]
+    # the same guest walks (up to the host's shootdowns, which fall at other points of the
+    # guests' streams when the host's work takes other times), fewer host references
+    assert with_caches["guest_walk_references"] == pytest.approx(
+        without["guest_walk_references"], rel=0.01
+    )
     assert with_caches["host_walk_references"] < without["host_walk_references"] / 2
     # a warm walk whose guest table pages are all cached: n guest + m host references
     out = explain(scenario_from_dict(cached), vm="b")

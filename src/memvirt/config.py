@@ -444,9 +444,10 @@ class CostModel(BaseModel):
         "about 4970 MB/s per core (lz4 README), 0.8 µs a page, plus the fault's handling",
     )
     share_copy_ns: Nanoseconds = Field(
-        2000.0,
-        description="ns to break sharing on a write: a host fault that copies the shared page "
-        "to a private frame (host_fault_ns; the 4 KiB copy itself is well under a µs)",
+        1000.0,
+        description="ns to copy a shared page to a private frame when a write breaks sharing, "
+        "on top of the host fault that maps the copy (host_fault_ns): a 4 KiB copy and the "
+        "bookkeeping, about a microsecond",
     )
 
 
@@ -583,10 +584,12 @@ class AllocationConfig(BaseModel):
         ge=0.0,
         lt=1.0,
         description="tau: an idle page costs 1/(1-tau) times an active one (ESX default "
-        "0.75; Waldspurger, OSDI 2002, 5.3)",
+        "0.75; Waldspurger, OSDI 2002, section 5.2)",
     )
     period: Seconds = Field(
-        15.0, description="simulated seconds between recomputations of the VMs' targets"
+        15.0,
+        description="simulated seconds between recomputations of the VMs' targets "
+        "(memvirt's default: half the sampling period)",
     )
     sample_pages: int = Field(
         100, ge=1, description="pages sampled per VM per sampling period (ESX: 100)"
@@ -811,7 +814,8 @@ class GuestConfig(BaseModel):
     os_memory: Bytes = Field(
         0,
         description="real memory the guest OS holds from boot (its kernel and the page cache "
-        "of its image), pinned; what those pages hold follows `content` and `image`",
+        "of its image), written once and then idle: the guest may evict these pages like any "
+        "other; what they hold follows `content` and `image`",
     )
     image: Name | None = Field(
         None,
@@ -926,8 +930,8 @@ class RunConfig(BaseModel):
     )
     check: bool = Field(
         False,
-        description="check contents after every quantum (VMs): each page touched reads what "
-        "was last written to it, through both mappings; a violation stops the run",
+        description="check contents after every quantum: each page touched reads what was "
+        "last written to it (with VMs, through both mappings); a violation stops the run",
     )
 
     @model_validator(mode="after")

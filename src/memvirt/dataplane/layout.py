@@ -61,7 +61,11 @@ P_REG_COUNT = 7
 P_COMPRESSED = 8  # pages of this process held compressed (in swap slots marked compressed)
 P_COMP_BYTES = 9  # bytes those compressed pages take
 P_COMP_CAP = 10  # bytes its compression cache may hold (0: no compression)
-N_PROC = 11
+# how its pages compress (memvirt.workloads.contents.compressed_size, per VM):
+P_COMP_THRESHOLD = 11  # a token fits in 2 KiB when its hash's top 53 bits are below this
+P_COMP_MIN = 12  # smallest compressed size of a non-zero page, bytes
+P_COMP_ZERO = 13  # compressed size of a zero page, bytes
+N_PROC = 14
 
 # region rows: start vpn, end vpn (exclusive), flags
 R_START = 0
@@ -132,16 +136,13 @@ K_HAS_HUGE = 11
 K_RECORD = 12  # 1: record the frames every walk reads (for a hypervisor below)
 K_RING = 13  # 1: log every eviction (owner, vpn, frame, written) in the eviction ring
 K_COMPRESS = 14  # 1: evictions try the compression cache before swap
-K_COMP_THRESHOLD = 15  # a token compresses to 2 KiB or less when its hash's top 53 bits < this
-K_COMP_MIN = 16  # smallest compressed size of a non-zero page, bytes
-K_COMP_ZERO = 17  # compressed size of a zero page, bytes
-N_CFG = 18
+N_CFG = 15
 
 # eviction ring columns
 RING_OWNER = 0
 RING_VPN = 1
 RING_FRAME = 2
-RING_WRITTEN = 3  # 1 when the eviction wrote the page to swap
+RING_WRITTEN = 3  # 1 when the eviction stored a copy (to swap or the compression cache)
 N_RING = 4
 
 # policy codes

@@ -56,9 +56,6 @@ from .layout import (
     G_RMAP,
     G_TOKEN,
     G_VPN,
-    K_COMP_MIN,
-    K_COMP_THRESHOLD,
-    K_COMP_ZERO,
     K_COMPRESS,
     K_FLUSH_ON_SWITCH,
     K_HAS_HUGE,
@@ -80,6 +77,9 @@ from .layout import (
     P_ALIVE,
     P_COMP_BYTES,
     P_COMP_CAP,
+    P_COMP_MIN,
+    P_COMP_THRESHOLD,
+    P_COMP_ZERO,
     P_COMPRESSED,
     P_QUOTA,
     P_REG_COUNT,
@@ -484,15 +484,16 @@ def mix64(x: int) -> int:
 
 
 @kernel
-def compressed_bytes(cfg: np.ndarray, token: int) -> int:
-    """Bytes a page holding ``token`` compresses to, as
-    :func:`memvirt.workloads.contents.compressed_size` computes it (at least 1)."""
+def compressed_bytes(proc: np.ndarray, q: int, token: int) -> int:
+    """Bytes a page of process ``q`` holding ``token`` compresses to, as
+    :func:`memvirt.workloads.contents.compressed_size` computes it with ``q``'s content
+    model (at least 1)."""
     if token == 0:
-        return max(1, cfg[K_COMP_ZERO])
+        return max(1, proc[q, P_COMP_ZERO])
     h = mix64(np.int64(np.uint64(token) * np.uint64(GOLDEN) + np.uint64(SALT_SIZE)))  # type: ignore[arg-type]
     hu = np.uint64(h)
-    lo = cfg[K_COMP_MIN]
-    if np.int64(hu >> np.uint64(11)) < cfg[K_COMP_THRESHOLD]:
+    lo = proc[q, P_COMP_MIN]
+    if np.int64(hu >> np.uint64(11)) < proc[q, P_COMP_THRESHOLD]:
         s = np.float64(np.uint64(mix64(h)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
         return max(1, np.int64(lo + np.floor(s * (COMPRESSION_LIMIT - lo + 1))))
     s = np.float64(np.uint64(mix64(h)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
@@ -537,9 +538,10 @@ def evict_frame(m: Machine, lid: int, f: int) -> bool:
         m.swap_owner[slot] = q
         size = 0
         if m.cfg[K_COMPRESS] != 0 and m.proc[q, P_COMP_CAP] > 0:
-            size = compressed_bytes(m.cfg, m.fi64[f, G_TOKEN])
+            size = compressed_bytes(m.proc, q, m.fi64[f, G_TOKEN])
             if size > COMPRESSION_LIMIT or m.proc[q, P_COMP_BYTES] + size > m.proc[q, P_COMP_CAP]:
                 size = 0
+        written = 1  # a copy is stored, on the device or in the compression cache
         if size > 0:
             m.swap_csize[slot] = size
             m.proc[q, P_COMPRESSED] += 1
@@ -547,7 +549,6 @@ def evict_frame(m: Machine, lid: int, f: int) -> bool:
             m.pctr[q, C_COMPRESSIONS] += 1
         else:
             m.pctr[q, C_WRITEBACKS] += 1
-            written = 1
     elif slot >= 0:
         m.pctr[q, C_CLEAN_DROPS] += 1
     else:

@@ -1,6 +1,6 @@
 """Data-plane steps of reclamation: the few loops the hypervisor's control plane runs often.
 
-Reclamation itself is decided in plain Python (:mod:`memvirt.engine.hypervisor`); what
+Reclamation itself is decided in plain Python (:mod:`memvirt.hypervisor.reclamation`); what
 it asks of a memory, page by page, is here, compiled:
 
 - a **balloon driver** takes frames from its guest kernel (free ones first, then pages
@@ -389,3 +389,39 @@ def host_copy(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
     if e & PTE_SWAPPED:
         return 2, m.swap_token[e >> PTE_SHIFT]
     return 0, 0
+
+
+@kernel
+def mark_stale(
+    m: Machine, pid: int, pages: np.ndarray, content: np.ndarray, writes: np.ndarray
+) -> int:
+    """Mark as writes the accesses to ``pages`` whose content the host does not hold yet
+    (its copy, in a frame or in swap, differs from ``content[page]``, or it has none and
+    the page is not zeros): the guest wrote them through its TLB, and the hardware would
+    have set the host entry's dirty bit. Returns how many were marked."""
+    marked = 0
+    for k in range(pages.shape[0]):
+        if writes[k] != 0:
+            continue
+        _, token = host_copy(m, pid, pages[k])
+        if token != content[pages[k], G_TOKEN]:
+            writes[k] = 1
+            marked += 1
+    return marked
+
+
+@kernel
+def first_bad_copy(m: Machine, pid: int, guest: Machine, skip_owner: int) -> int:
+    """The first real page in use by a guest process whose host copy (frame, shared frame,
+    swap slot or compression cache) does not hold what the guest frame holds, or -1.
+    A page the host holds nowhere must be zeros. Pages of ``skip_owner`` (the balloon) and
+    page-table pages are not checked: the guest does not read their contents."""
+    for rpn in range(guest.fi32.shape[0]):
+        q = guest.fi32[rpn, F_OWNER]
+        if q < 0 or q == skip_owner or (guest.fi32[rpn, F_FLAGS] & FR_TABLE) != 0:
+            continue
+        where, token = host_copy(m, pid, rpn)
+        want = guest.fi64[rpn, G_TOKEN]
+        if token != want or (where == 0 and want != 0):
+            return rpn
+    return -1

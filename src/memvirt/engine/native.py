@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from memvirt.config import CostModel
+from memvirt.dataplane.layout import S_TOKEN
 from memvirt.engine.cost import default_cost, stall_ns
 from memvirt.engine.loop import EventLoop
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
@@ -148,6 +149,38 @@ def settle(
     return took
 
 
+class ContentError(AssertionError):
+    """The content check found a page that does not read what was last written to it."""
+
+
+def record_writes(
+    expected: dict[int, int], vpns: np.ndarray, writes: np.ndarray, first_token: int
+) -> None:
+    """Note the token each page written in a quantum last got. The kernel gives each write
+    the next value of its token counter, in order, so the access stream alone says which:
+    an oracle independent of where the pages went since."""
+    written = np.flatnonzero(writes != 0)
+    tokens = first_token + 1 + np.arange(written.size, dtype=np.int64)
+    for vpn, token in zip(vpns[written].tolist(), tokens.tolist(), strict=True):
+        expected[vpn] = token
+
+
+def check_reads(
+    kernel: Kernel, pid: int, vpns: np.ndarray, expected: dict[int, int], where: str
+) -> None:
+    """Every page in ``vpns`` reads (from its frame or its swap slot) what was last written
+    to it, or zeros if it never was; ContentError otherwise."""
+    offset = kernel.geometry.offset_bits
+    for vpn in np.unique(vpns).tolist():
+        got = kernel.read_token(pid, vpn << offset)
+        want = expected.get(vpn, 0)
+        if got != want:
+            raise ContentError(
+                f"{where}: process {pid} reads {got:#x} at virtual page {vpn:#x}; "
+                f"it last wrote {want:#x}"
+            )
+
+
 class NativeMachine:
     """A kernel, its processes, and the event loop that runs them in simulated time."""
 
@@ -158,6 +191,7 @@ class NativeMachine:
         *,
         cost: CostModel | None = None,
         quantum: int = 10_000,
+        check: bool = False,
     ) -> None:
         self.kernel = Kernel(kernel)
         self.cost = cost or default_cost(kernel.swap_kind)
@@ -166,6 +200,8 @@ class NativeMachine:
         self.reports: list[ProcessReport] = []
         self.loop = EventLoop()
         self.total_accesses = 0
+        self.check = check
+        self.expected: dict[int, dict[int, int]] = {}
         for plan in processes:
             pid = self.kernel.spawn(plan.regions, name=plan.name)
             report = ProcessReport(plan.name, pid, start_ns=plan.start_s * 1e9)
@@ -183,7 +219,13 @@ class NativeMachine:
             if chunk is None:
                 return None
             before = kernel.counters()
+            first_token = int(kernel.st[S_TOKEN])
             done = kernel.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
+            if self.check and kernel.alive(report.pid):
+                expected = self.expected.setdefault(report.pid, {})
+                vpns = chunk.addresses[:done]
+                record_writes(expected, vpns, chunk.writes[:done], first_token)
+                check_reads(kernel, report.pid, vpns, expected, plan.name)
             after = kernel.counters()
             delta = {k: after[k] - before[k] for k in after}
             self.total_accesses += done

@@ -141,6 +141,7 @@ def build(scenario: Scenario) -> NativeMachine | VirtualizedMachine:
             plans,
             cost=scenario.cost,
             quantum=scenario.run.quantum_accesses,
+            check=scenario.run.check,
         )
     procs = [(vm.name, proc) for vm in scenario.vms for proc in vm.processes]
     seeds = process_seeds(scenario.run.seed, len(procs))

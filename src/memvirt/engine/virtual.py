@@ -68,9 +68,12 @@ from memvirt.engine.cost import stall_ns
 from memvirt.engine.loop import EventLoop
 from memvirt.engine.native import (
     SCHEMA_VERSION,
+    ContentError,
     ProcessPlan,
     ProcessReport,
+    check_reads,
     next_chunk,
+    record_writes,
     settle,
 )
 from memvirt.hypervisor.reclamation import Reclaimer
@@ -85,10 +88,6 @@ TOUCH_BITMAP_LIMIT = 1 << 26
 #: the "nested TLB" of Bhargava et al. (ASPLOS 2008), in the size range of the MMU
 #: caches Barr, Cox and Rixner study (ISCA 2010: tens of entries).
 WALK_CACHE_ENTRIES = 32
-
-
-class ContentError(AssertionError):
-    """The content check found a page that does not read what was last written to it."""
 
 
 @dataclass
@@ -331,38 +330,24 @@ class VirtualizedMachine:
         self, vm: VM, pid: int, vpns: np.ndarray, writes: np.ndarray, first_token: int
     ) -> None:
         """The content check: every page the quantum touched reads what was last written
-        to it, through both mappings (guest frame or guest swap; then the host's frame,
-        shared frame, compression cache or swap), and every page written got the token
-        the access stream says it should (the guest's per-write counter, in order)."""
+        to it (its guest frame or guest swap slot holds the token the access stream says
+        it should: the guest's per-write counter, in order), and every real page in use
+        has a host copy (frame, shared frame, compression cache or swap) holding the same
+        content."""
         guest = vm.guest
         expected = vm.expected.setdefault(pid, {})
-        written = np.flatnonzero(writes != 0)
-        tokens = first_token + 1 + np.arange(written.size, dtype=np.int64)
-        for vpn, token in zip(vpns[written].tolist(), tokens.tolist(), strict=True):
-            expected[vpn] = token
-        offset = guest.geometry.offset_bits
-        host_m = self.host.machine
-        for vpn in np.unique(vpns).tolist():
-            walk = guest.walk(pid, vpn << offset)
-            want = expected.get(vpn, 0)
-            if walk.pfn is not None:
-                rpn = walk.pfn
-                got = guest.frames.token(rpn)
-                where, host_token = reclaim.host_copy(host_m, vm.host_pid, rpn)
-                # a page the host holds nowhere reads as zeros (it dropped a zero page)
-                if (where == 0 and got != 0) or (where != 0 and host_token != got):
-                    raise ContentError(
-                        f"VM {vm.name}: real page {rpn} (virtual page {vpn:#x} of process "
-                        f"{pid}) holds {got:#x} in the guest, but the host "
-                        + ("keeps no copy of it" if where == 0 else f"keeps {host_token:#x}")
-                    )
-            else:
-                got = guest.read_token(pid, vpn << offset)
-            if got != want:
-                raise ContentError(
-                    f"VM {vm.name}: process {pid} reads {got:#x} at virtual page {vpn:#x}; "
-                    f"it last wrote {want:#x}"
-                )
+        record_writes(expected, vpns, writes, first_token)
+        bad = reclaim.first_bad_copy(self.host.machine, vm.host_pid, guest.machine,
+                                     vm.balloon_pid)  # fmt: skip
+        if bad >= 0:
+            got = guest.frames.token(bad)
+            where, host_token = reclaim.host_copy(self.host.machine, vm.host_pid, bad)
+            raise ContentError(
+                f"VM {vm.name}: real page {bad} (virtual page {guest.frames.vpn(bad):#x} of "
+                f"process {guest.frames.owner(bad)}) holds {got:#x} in the guest, but the "
+                "host " + ("keeps no copy of it" if where == 0 else f"keeps {host_token:#x}")
+            )
+        check_reads(guest, pid, vpns, expected, f"VM {vm.name}")
 
     def _control(self, now: float) -> float | None:
         """The hypervisor's turn: one reclamation step, every control period."""
@@ -391,20 +376,25 @@ class VirtualizedMachine:
             chunk = next_chunk(plan, report, guest, self.quantum, now)
             if chunk is None:
                 return None
-            g0, h0 = guest.counters(), host.counters(vm.host_pid)
+            g0, h0, all0 = guest.counters(), host.counters(vm.host_pid), host.counters()
             guest.st[S_REC_N] = 0
             guest.st[S_RING_N] = 0
             first_token = int(guest.st[S_TOKEN])
             done = guest.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
             vm.mark_touched(report.pid, chunk.addresses[:done])
-            self._host_pass(vm)
+            copies = self._host_pass(vm)
             if self.check:
                 self._check_quantum(vm, report.pid, chunk.addresses[:done],
                                     chunk.writes[:done], first_token)  # fmt: skip
-            g1, h1 = guest.counters(), host.counters(vm.host_pid)
+            g1, h1, all1 = guest.counters(), host.counters(vm.host_pid), host.counters()
             gd = {k: g1[k] - g0[k] for k in g1}
             hd = {k: h1[k] - h0[k] for k in h1}
+            # the vCPU waits for its own faults, and for the pages the host wrote out or
+            # compressed to make room for them, whichever VM they belonged to
+            for key in ("writebacks", "compressions"):
+                hd[key] = all1[key] - all0[key]
             took = done * ns_per_access + stall_ns(cost, gd) + self.host_stall(hd)
+            took += copies * cost.share_copy_ns
             took += reclaimer.take_pending(vm)
             vm.guest_refs += gd["walk_memory_references"]
             if self.paging == "nested":
@@ -420,21 +410,23 @@ class VirtualizedMachine:
 
         return turn
 
-    def _host_pass(self, vm: VM) -> None:
+    def _host_pass(self, vm: VM) -> int:
         """Translate the real pages the guest's walks read; shoot down what the host evicts.
 
         Before it, pages the guest wrote take their new contents in the host (and shared
         ones are copied: a write breaks sharing); the real pages the guest wrote to its own
-        swap that the host had swapped out are read back first (double paging).
+        swap that the host had swapped out are read back first (double paging). Returns
+        how many shared pages were copied.
         """
         if not self.host.alive(vm.host_pid):
-            return
+            return 0
         n = int(vm.guest.st[S_REC_N])
         reclaimer = self.reclaimer
         pages = np.ascontiguousarray(vm.guest.record[0, :n])
-        writes = np.ascontiguousarray(vm.guest.record[1, :n])
+        writes = vm.guest.record[1, :n].copy()
         copies = reclaimer.before_host_pass(vm, pages[writes != 0])
         self.sync_contents(vm)
+        reclaim.mark_stale(self.host.machine, vm.host_pid, pages, vm.guest.frames.fi64, writes)
         doubled = reclaimer.double_paging(vm, self.guest_written(vm))
         if self.walk_caches and n:
             keep = np.empty(n, dtype=np.uint8)
@@ -452,7 +444,7 @@ class VirtualizedMachine:
                  writes.astype(np.uint8)]
             )  # fmt: skip
         if pages.size == 0:
-            return
+            return int(copies.size)
         self.host.st[S_RING_N] = 0
         self.host.run(vm.host_pid, pages, writes, page_numbers=True)
         # the pass's own writes and faults leave frame tokens behind the guest's: the host
@@ -465,6 +457,7 @@ class VirtualizedMachine:
         self.sync_contents(vm)
         self.shoot_down_evicted()
         reclaimer.after_host_pass(vm, pages)
+        return int(copies.size)
 
     def run(self, seconds: float | None = None, accesses: int | None = None) -> float:
         """Run until ``seconds``, ``accesses`` in all, or every process ends; seconds reached."""
@@ -511,7 +504,7 @@ class VirtualizedMachine:
                     "vm_exits": vm.vm_exits,
                     "walk_cache_hits": vm.walk_cache_hits,
                     "host_resident_pages": host.resident(vm.host_pid),
-                    "host_swapped_pages": host.swapped(vm.host_pid),
+                    "host_swapped_pages": self.reclaimer.host_swapped(vm),
                     "throughput": g["accesses"] / seconds if seconds > 0 else 0.0,
                     "simulated_seconds": seconds,
                     "stopped": not host.alive(vm.host_pid),

@@ -57,12 +57,12 @@ from memvirt.dataplane.layout import (
     FR_PINNED,
     FR_TABLE,
     G_TOKEN,
-    K_COMP_MIN,
-    K_COMP_THRESHOLD,
-    K_COMP_ZERO,
     K_COMPRESS,
     P_COMP_BYTES,
     P_COMP_CAP,
+    P_COMP_MIN,
+    P_COMP_THRESHOLD,
+    P_COMP_ZERO,
     P_COMPRESSED,
     P_RESIDENT,
     P_SWAPPED,
@@ -182,15 +182,14 @@ class Reclaimer:
                 )
             )
         cc = config.compression
-        cfg = host.cfg
-        model = machine.vms[0].config.guest.content if machine.vms else None
-        if model is not None:
-            cfg[K_COMP_THRESHOLD] = math.ceil(model.compressible_fraction * 2.0**53)
-            cfg[K_COMP_MIN] = model.min_compressed
-            cfg[K_COMP_ZERO] = model.zero_compressed_size
         for vm in machine.vms:
+            model = vm.config.guest.content  # how this VM's pages compress
+            row = host.proc[vm.host_pid]
+            row[P_COMP_THRESHOLD] = math.ceil(model.compressible_fraction * 2.0**53)
+            row[P_COMP_MIN] = model.min_compressed
+            row[P_COMP_ZERO] = model.zero_compressed_size
             cap = int(vm.real_pages * self.page * cc.cache_percent / 100.0)
-            host.proc[vm.host_pid, P_COMP_CAP] = cap if cc.enabled else 0
+            row[P_COMP_CAP] = cap if cc.enabled else 0
         self.out = np.zeros(max(1, max((v.real_pages for v in self.vms), default=1)), np.int64)
 
     # ---------------------------------------------------------------- per VM figures
@@ -286,7 +285,8 @@ class Reclaimer:
         compress = cfg.compression.enabled and self.states.enabled("compression")
         host.cfg[K_COMPRESS] = 1 if compress else 0
         if self.states.enabled("swapping") or compress:
-            self._swap(compress, self.states.enabled("swapping"))
+            self._swap(self.states.enabled("swapping"))
+        self._enforce_limits()
         self._settle_caches()
         self.states.update(int(host.st[S_FREE_TOP]), now)
         self._record(now)
@@ -436,8 +436,9 @@ class Reclaimer:
             if not r.has_driver:
                 continue
             most = int(r.real_pages * bc.max_percent / 100.0)
+            over_limit = max(0, self.allocated(vm) - r.maximum)
             if state == "high":
-                want = 0
+                want = r.balloon_n + over_limit if over_limit else 0
             elif self.states.enabled("ballooning"):
                 want = r.balloon_n + self.allocated(vm) - r.target
             else:
@@ -495,7 +496,7 @@ class Reclaimer:
         reclaim.release_frames(vm.guest.machine, r.balloon[start : r.balloon_n], n)
         r.balloon_n = start
 
-    def _swap(self, compress: bool, swap: bool) -> None:
+    def _swap(self, swap: bool) -> None:
         """Evict pages of the VMs that gain least from them, until free memory is back at
         the level that ends the state (min-funded revocation)."""
         host = self.host
@@ -504,25 +505,40 @@ class Reclaimer:
             return
         claims = self._claims()
         take = revoke(claims, need, self.config.allocation.idle_tax)
-        lru = self.config.swap_victim == "lru"
-        host_m = host.machine
         for vm, n in zip(self.machine.vms, take, strict=True):
-            if n <= 0:
-                continue
-            out = np.empty(n, dtype=np.int64)
-            got = reclaim.pick_frames(host_m, vm.host_pid, n, lru, out)
-            frames = out[:got]
-            if not swap:  # compression alone: only pages that fit the cache's 2 KiB rule
-                sizes = np.array([native.compressed_bytes(host.cfg, int(t)) for t in
-                                  host.frames.fi64[frames, G_TOKEN]], dtype=np.int64)  # fmt: skip
-                frames = frames[sizes <= native.COMPRESSION_LIMIT]
-            before_c = int(host.pctr[vm.host_pid, C_COMPRESSIONS])
-            host.st[S_RING_N] = 0
-            done = reclaim.evict_frames(host_m, frames, frames.size)
-            compressed = int(host.pctr[vm.host_pid, C_COMPRESSIONS]) - before_c
-            self.reclaimed["compression"] += compressed
-            self.reclaimed["swapping"] += int(done) - compressed
-            self.machine.shoot_down_evicted()
+            if n > 0:
+                self._evict(vm, n, compress_only=not swap)
+
+    def _evict(self, vm: VM, n: int, *, compress_only: bool = False) -> None:
+        """The hypervisor takes ``n`` pages of ``vm`` out of memory (compressed when they
+        fit and compression is on, swapped otherwise); with ``compress_only`` only pages
+        that compress are taken."""
+        host = self.host
+        host_m = host.machine
+        out = np.empty(n, dtype=np.int64)
+        got = reclaim.pick_frames(host_m, vm.host_pid, n, self.config.swap_victim == "lru", out)
+        frames = out[:got]
+        if compress_only:
+            sizes = np.array(
+                [native.compressed_bytes(host.proc, vm.host_pid, int(t))
+                 for t in host.frames.fi64[frames, G_TOKEN]], dtype=np.int64,
+            )  # fmt: skip
+            frames = frames[sizes <= native.COMPRESSION_LIMIT]
+        before = int(host.pctr[:, C_COMPRESSIONS].sum())
+        host.st[S_RING_N] = 0
+        done = int(reclaim.evict_frames(host_m, frames, frames.size))
+        compressed = int(host.pctr[:, C_COMPRESSIONS].sum()) - before
+        self.reclaimed["compression"] += compressed
+        self.reclaimed["swapping"] += done - compressed
+        self.machine.shoot_down_evicted()
+
+    def _enforce_limits(self) -> None:
+        """A VM never holds more than its limit, whatever the state: what ballooning has not
+        taken back (no driver, or ballooning off) the hypervisor swaps out."""
+        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+            excess = self.allocated(vm) - r.maximum
+            if excess > 0:
+                self._evict(vm, excess)
 
     def _settle_caches(self) -> None:
         """Each VM's compression cache holds as many frames as its compressed bytes fill."""
