@@ -425,3 +425,28 @@ def first_bad_copy(m: Machine, pid: int, guest: Machine, skip_owner: int) -> int
         if token != want or (where == 0 and want != 0):
             return rpn
     return -1
+
+
+@kernel
+def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) -> None:
+    """After a host pass over ``pages`` of ``pid``: each one in a frame of ``pid`` holds
+    ``content[page]`` (the pass's own writes and zero-filling faults leave the host's
+    tokens behind the guest's)."""
+    for k in range(pages.shape[0]):
+        t, idx = leaf_entry(m, pid, pages[k])
+        if t < 0:
+            continue
+        e = m.tables[t, idx]
+        if (e & PTE_PRESENT) == 0:
+            continue
+        f = e >> PTE_SHIFT
+        if m.fi32[f, F_OWNER] != pid:
+            continue
+        tok = content[pages[k], G_TOKEN]
+        if m.fi64[f, G_TOKEN] != tok:
+            m.fi64[f, G_TOKEN] = tok
+            m.fi32[f, F_FLAGS] |= FR_DIRTY
+            slot = m.fi32[f, F_SLOT]
+            if slot >= 0:
+                free_slot(m, slot)
+                m.fi32[f, F_SLOT] = -1

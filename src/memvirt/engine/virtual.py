@@ -422,27 +422,36 @@ class VirtualizedMachine:
             return 0
         n = int(vm.guest.st[S_REC_N])
         reclaimer = self.reclaimer
+        host_m = self.host.machine
+        content = vm.guest.frames.fi64
         pages = np.ascontiguousarray(vm.guest.record[0, :n])
         writes = vm.guest.record[1, :n].copy()
+        kinds = np.ascontiguousarray(vm.guest.record[2, :n])
         copies = reclaimer.before_host_pass(vm, pages[writes != 0])
+        # the guest wrote pages through its TLB, unseen by the host (as by the hardware,
+        # which sets the host entry's dirty bit): the host frames take the new contents
         self.sync_contents(vm)
-        reclaim.mark_stale(self.host.machine, vm.host_pid, pages, vm.guest.frames.fi64, writes)
+        data = kinds == 0
+        data_writes = writes[data]
+        # walked data pages the host does not hold as the guest does: writes too
+        reclaim.mark_stale(host_m, vm.host_pid, pages[data], content, data_writes)
+        writes[data] = data_writes
         doubled = reclaimer.double_paging(vm, self.guest_written(vm))
-        if self.walk_caches and n:
-            keep = np.empty(n, dtype=np.uint8)
+        if self.walk_caches and pages.size:
+            keep = np.empty(pages.size, dtype=np.uint8)
             kept = native.walk_cache_filter(
-                pages, np.ascontiguousarray(vm.guest.record[2, :n]), vm.walk_cache,
-                vm.walk_cache_stamps, vm.walk_cache_clock, keep,
-            )  # fmt: skip
-            vm.walk_cache_hits += n - kept
+                pages, kinds, vm.walk_cache, vm.walk_cache_stamps, vm.walk_cache_clock, keep
+            )
+            vm.walk_cache_hits += pages.size - kept
             chosen = keep.astype(bool)
-            pages, writes = pages[chosen], writes[chosen]
-        if copies.size or doubled.size:
-            pages = np.concatenate([doubled, copies, pages])
+            pages, writes, kinds = pages[chosen], writes[chosen], kinds[chosen]
+        extra = np.concatenate([doubled, copies])
+        if extra.size:
+            pages = np.concatenate([extra, pages])
             writes = np.concatenate(
-                [np.zeros(doubled.size, np.uint8), np.ones(copies.size, np.uint8),
-                 writes.astype(np.uint8)]
-            )  # fmt: skip
+                [np.zeros(doubled.size, np.int64), np.ones(copies.size, np.int64), writes]
+            )
+            kinds = np.concatenate([np.zeros(extra.size, np.int64), kinds])
         if pages.size == 0:
             return int(copies.size)
         self.host.st[S_RING_N] = 0
@@ -450,11 +459,12 @@ class VirtualizedMachine:
         # the pass's own writes and faults leave frame tokens behind the guest's: the host
         # copies (in frames, and in swap for pages the pass evicted) take the real contents
         evicted = int(self.host.st[S_RING_N])
+        host_m = self.host.machine  # anew: the run may have grown the table pool
         for other in self.vms:
-            reclaim.fix_swap_copies(
-                self.host.machine, self.host.ring, evicted, other.host_pid, other.guest.frames.fi64
-            )
-        self.sync_contents(vm)
+            reclaim.fix_swap_copies(host_m, self.host.ring, evicted, other.host_pid,
+                                    other.guest.frames.fi64)  # fmt: skip
+        reclaim.settle_tokens(host_m, vm.host_pid, np.ascontiguousarray(pages[kinds == 0]),
+                              content)  # fmt: skip
         self.shoot_down_evicted()
         reclaimer.after_host_pass(vm, pages)
         return int(copies.size)
