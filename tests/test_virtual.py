@@ -235,3 +235,48 @@ def test_the_host_learns_of_writes_made_through_the_tlb() -> None:
             if slot >= 0:
                 assert int(host.swap.token[slot]) == host.frames.token(frame)
                 assert not host.frames.flags(frame).dirty
+
+
+def test_2mib_host_pages_shorten_the_nested_walk() -> None:
+    data = two_vms(memory="18MiB")  # room for both VMs' 8 MiB in huge pages and the tables
+    data["hypervisor"]["huge_pages"] = True
+    out = explain(scenario_from_dict(data), vm="b")
+    # 4 guest entries, then each of the 5 real pages through a 3-level host walk
+    assert out["memory_references"] == 4 + 5 * 3
+    assert out["physical_address"] is not None
+
+
+def test_2mib_host_and_guest_pages_shorten_it_further() -> None:
+    data = two_vms(memory="18MiB")
+    data["hypervisor"]["huge_pages"] = True
+    vm = data["vms"][1]
+    vm["guest"]["huge_pages"] = 2
+    vm["processes"][0]["regions"] = [{"start": 1 << 30, "length": 4 << 20, "huge": True}]
+    vm["processes"][0]["accesses"] = 5000
+    machine = build(scenario_from_dict(data))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=20_000)
+    vm_b = machine.vms[1]
+    vm_b.guest.st[S_REC_N] = 0
+    assert vm_b.guest.access(0, (1 << 30) + 0x1234, write=True)
+    machine._host_pass(vm_b)
+    out = explain_two_level(machine, vm="b", address=(1 << 30) + 0x1234)
+    # 3 guest entries and the data page, each through a 3-level host walk
+    assert out["memory_references"] == 3 + 4 * 3
+
+
+def test_vms_on_host_huge_pages_keep_their_contents() -> None:
+    data = two_vms(memory="18MiB")
+    data["hypervisor"]["huge_pages"] = True
+    data["run"]["check"] = True
+    summary = run(scenario_from_dict(data)).summary
+    assert all(vm["host_swap_outs"] == 0 and not vm["stopped"] for vm in summary["vms"])
+    # the host backs each VM with whole huge pages: 8 MiB each, touched or not
+    assert all(vm["host_resident_pages"] % 512 == 0 for vm in summary["vms"])
+
+
+def test_host_huge_pages_cannot_be_overcommitted() -> None:
+    data = two_vms()  # two 8 MiB VMs on 12 MiB
+    data["hypervisor"]["huge_pages"] = True
+    with pytest.raises(ScenarioError, match="cannot be overcommitted"):
+        scenario_from_dict(data)

@@ -632,6 +632,13 @@ class HypervisorConfig(BaseModel):
         description="how the hypervisor picks a VM's page to swap: 'random' as ESX does "
         "(Waldspurger, OSDI 2002), or 'lru' (the clock's second chance, an LRU approximation)",
     )
+    huge_pages: bool = Field(
+        False,
+        description="back the VMs' real memory with huge pages (2 MiB on x86-64) of the host, "
+        "as ESX does by default: a nested walk then reads one host level less per real page. "
+        "Huge pages are never reclaimed (ESX breaks them into small pages under pressure; "
+        "memvirt does not), so the VMs' memory must fit in physical memory",
+    )
     control_period: Seconds = Field(
         1.0,
         description="simulated seconds between the hypervisor's reclamation steps (ESX's "
@@ -1124,6 +1131,22 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
                 f"{vm.guest.huge_pages} huge pages of {_size(hs)} need "
                 f"{_size(vm.guest.huge_pages * hs)}, more than the VM's memory "
                 f"({_size(vm.memory)})",
+            )
+    if s.hypervisor.huge_pages:
+        span = geometry.huge_page_size
+        for i, vm in enumerate(s.vms):
+            if vm.memory % span:
+                found.add(("vms", i, "memory"), vm.memory,
+                          f"must be a whole number of {_size(span)} host huge pages "
+                          "(hypervisor.huge_pages)")  # fmt: skip
+        backed = sum(-(-vm.memory // span) for vm in s.vms) * span
+        if backed + span > host.memory:
+            found.add(
+                ("hypervisor", "huge_pages"),
+                True,
+                f"the VMs' memory ({_size(backed)} in huge pages) and the host's own tables "
+                f"need more than host.memory ({_size(host.memory)}): huge pages are not "
+                "reclaimed, so VMs backed by them cannot be overcommitted",
             )
     reserved = sum(vm.reservation for vm in s.vms)
     if reserved > host.memory:

@@ -38,6 +38,7 @@ from .layout import (
     G_RMAP,
     G_TOKEN,
     G_VPN,
+    K_HUGE_SHIFT,
     K_LEVELS,
     K_LOCAL,
     L_HEAD,
@@ -46,6 +47,7 @@ from .layout import (
     P_ROOT,
     P_SWAPPED,
     PTE_ACCESSED,
+    PTE_HUGE,
     PTE_PRESENT,
     PTE_SHIFT,
     PTE_SWAPPED,
@@ -81,11 +83,24 @@ def leaf_entry(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
         return -1, -1
     levels = m.cfg[K_LEVELS]
     for lvl in range(levels - 1):
-        e = m.tables[t, (vpn >> m.shifts[lvl]) & m.masks[lvl]]
+        idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
+        e = m.tables[t, idx]
         if (e & PTE_PRESENT) == 0:
             return -1, -1
+        if e & PTE_HUGE:  # a huge page maps vpn from this level: its entry is the leaf
+            return t, idx
         t = m.fi64[e >> PTE_SHIFT, G_VPN]
     return t, (vpn >> m.shifts[levels - 1]) & m.masks[levels - 1]
+
+
+@kernel
+def entry_frame(m: Machine, e: int, vpn: int) -> int:
+    """The frame that a present leaf entry ``e`` maps ``vpn`` to (within a huge page, the
+    base frame plus the page's offset in it)."""
+    f = e >> PTE_SHIFT
+    if e & PTE_HUGE:
+        f += vpn & ((1 << m.cfg[K_HUGE_SHIFT]) - 1)
+    return f
 
 
 # ------------------------------------------------------------------------- balloon
@@ -308,7 +323,7 @@ def frame_of(m: Machine, pid: int, vpn: int) -> int:
     if t < 0:
         return -1
     e = m.tables[t, idx]
-    return e >> PTE_SHIFT if e & PTE_PRESENT else -1
+    return entry_frame(m, e, vpn) if e & PTE_PRESENT else -1
 
 
 # ---------------------------------------------------------------------- contents
@@ -322,7 +337,11 @@ def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
     changed = 0
     fi32, fi64 = m.fi32, m.fi64
     for f in range(fi32.shape[0]):
-        if fi32[f, F_OWNER] != pid or (fi32[f, F_FLAGS] & _PINNED_OR_TABLE) != 0:
+        if fi32[f, F_OWNER] != pid:
+            continue
+        flags = fi32[f, F_FLAGS]
+        # data frames: its own pages, and the base pages of its huge pages (pinned)
+        if (flags & FR_TABLE) != 0 or (flags & (FR_PINNED | FR_HUGE)) == FR_PINNED:
             continue
         tok = content[fi64[f, G_VPN], G_TOKEN]
         if tok != fi64[f, G_TOKEN]:
@@ -385,7 +404,7 @@ def host_copy(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
         return 0, 0
     e = m.tables[t, idx]
     if e & PTE_PRESENT:
-        return 1, m.fi64[e >> PTE_SHIFT, G_TOKEN]
+        return 1, m.fi64[entry_frame(m, e, vpn), G_TOKEN]
     if e & PTE_SWAPPED:
         return 2, m.swap_token[e >> PTE_SHIFT]
     return 0, 0
@@ -439,7 +458,7 @@ def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) 
         e = m.tables[t, idx]
         if (e & PTE_PRESENT) == 0:
             continue
-        f = e >> PTE_SHIFT
+        f = entry_frame(m, e, pages[k])
         if m.fi32[f, F_OWNER] != pid:
             continue
         tok = content[pages[k], G_TOKEN]

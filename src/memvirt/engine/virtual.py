@@ -159,6 +159,9 @@ class VirtualizedMachine:
         self.cost = scenario.cost
         self.quantum = quantum
         page = host.page_size
+        span = host.geometry().huge_page_size
+        huge_backing = sum(-(-vm.memory // span) for vm in scenario.vms) if hyp.huge_pages else 0
+        self.host_huge_pages = hyp.huge_pages
         self.host = Kernel(
             KernelConfig(
                 frames=host.frames,
@@ -167,6 +170,7 @@ class VirtualizedMachine:
                 tlb=None,
                 swap_slots=hyp.host_swap.size // page,
                 swap_kind=hyp.host_swap.device,
+                huge_pages=huge_backing,
                 seed=scenario.run.seed,
                 max_processes=len(scenario.vms) + 1,
             )
@@ -178,7 +182,8 @@ class VirtualizedMachine:
         self.total_accesses = 0
         self.vcpus_running = 0
         for k, vmc in enumerate(scenario.vms):
-            host_pid = self.host.spawn([Region(0, vmc.memory, name="real memory")], name=vmc.name)
+            real = Region(0, vmc.memory, huge=hyp.huge_pages, name="real memory")
+            host_pid = self.host.spawn([real], name=vmc.name)
             geometry = vmc.geometry(host)
             guest = Kernel(
                 KernelConfig(

@@ -67,6 +67,7 @@ from memvirt.dataplane.layout import (
     P_RESIDENT,
     P_SWAPPED,
     S_FREE_TOP,
+    S_HUGE_TOP,
     S_RING_N,
 )
 from memvirt.hypervisor.allocation import ActiveEstimator, Claim, entitlements, revoke
@@ -206,6 +207,11 @@ class Reclaimer:
         proc = self.host.proc[vm.host_pid]
         return int(proc[P_SWAPPED] - proc[P_COMPRESSED])
 
+    def free_pages(self) -> int:
+        """Free physical memory in base pages: free frames and free huge pages."""
+        st = self.host.st
+        return int(st[S_FREE_TOP]) + int(st[S_HUGE_TOP]) * self.host.frames.huge_span
+
     def take_pending(self, vm: VM) -> float:
         """Simulated ns of reclamation work the VM's guest did (balloon I/O) and has not yet
         been charged for."""
@@ -271,13 +277,18 @@ class Reclaimer:
         dt = (now - self.last_tick) / 1e9
         self.last_tick = now
         host = self.host
-        state = self.states.update(int(host.st[S_FREE_TOP]), now)
+        state = self.states.update(self.free_pages(), now)
         if now >= self.next_sample:
             self._sample(now)
             self.next_sample = now + cfg.allocation.sample_period * 1e9
         if now >= self.next_allocation:
             self._allocate()
             self.next_allocation = now + cfg.allocation.period * 1e9
+        if self.machine.host_huge_pages:
+            # reclamation works on base pages; huge pages are not broken up (see
+            # HypervisorConfig.huge_pages): the states are kept, nothing is reclaimed
+            self._record(now)
+            return
         if cfg.sharing.enabled and self.states.enabled("sharing") and dt > 0:
             self._scan(dt)
         if cfg.balloon.enabled:
@@ -288,7 +299,7 @@ class Reclaimer:
             self._swap(self.states.enabled("swapping"))
         self._enforce_limits()
         self._settle_caches()
-        self.states.update(int(host.st[S_FREE_TOP]), now)
+        self.states.update(self.free_pages(), now)
         self._record(now)
 
     def _claims(self) -> list[Claim]:
@@ -308,7 +319,7 @@ class Reclaimer:
         host = self.host
         overhead = (
             host.config.frames
-            - int(host.st[S_FREE_TOP])
+            - self.free_pages()
             - sum(self.allocated(vm) for vm in self.machine.vms)
         )
         available = host.config.frames - overhead - self.states.threshold_pages("clear")
@@ -560,7 +571,7 @@ class Reclaimer:
     # ---------------------------------------------------------------- outputs
 
     def _record(self, now: float) -> None:
-        free = int(self.host.st[S_FREE_TOP])
+        free = self.free_pages()
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             shared = len(r.shared)
             compressed = self.compressed(vm)
