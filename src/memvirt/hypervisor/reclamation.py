@@ -80,7 +80,8 @@ if TYPE_CHECKING:
 TIMESERIES_COLUMNS = (
     "time_s", "vm", "allocated_pages", "target_pages", "active_true", "active_estimated",
     "balloon_pages", "shared_pages", "compressed_pages", "host_swapped_pages", "accesses",
-    "guest_major_faults", "host_major_faults", "host_free_pages", "host_state",
+    "guest_major_faults", "host_major_faults", "host_free_pages", "host_shared_frames",
+    "host_state",
 )  # fmt: skip
 
 #: Techniques whose reclaimed pages are counted, in the summary's order.
@@ -598,6 +599,7 @@ class Reclaimer:
                     "guest_major_faults": g["major_faults"],
                     "host_major_faults": self.host.counters(vm.host_pid)["major_faults"],
                     "host_free_pages": free,
+                    "host_shared_frames": len(self.sharing.owners),
                     "host_state": self.states.state,
                 }
             )
