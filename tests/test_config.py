@@ -98,6 +98,7 @@ def test_every_example_scenario_loads() -> None:
         "demand-paging.toml",
         "idle-memory-tax.toml",
         "multiprogramming.toml",
+        "no-virtual-memory.toml",
         "overcommit-ballooning.toml",
         "page-sharing.toml",
         "two-level-nested.toml",
