@@ -13,9 +13,7 @@ $(BIN)/memvirt: pyproject.toml
 	touch $(BIN)/memvirt
 
 demo: $(BIN)/memvirt
-	$(BIN)/memvirt replay examples/traces/textbook.txt --frames 3 --policy lru
-	$(BIN)/memvirt replay examples/traces/zipf-small.npy --frames 2000 --policy clock
-	$(BIN)/memvirt run examples/multiprogramming.toml --out out/multiprogramming
+	$(BIN)/memvirt demo --out out/demo
 
 lint: $(BIN)/memvirt
 	$(BIN)/ruff check src tests benchmarks scripts

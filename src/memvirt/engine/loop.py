@@ -42,10 +42,16 @@ class EventLoop:
         heapq.heappush(self._heap, _Entry(start_ns, self._seq, name, turn))
         self._seq += 1
 
-    def run(self, until_ns: float | None = None, stop: Callable[[], bool] | None = None) -> float:
+    def run(
+        self,
+        until_ns: float | None = None,
+        stop: Callable[[], bool] | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> float:
         """Run turns until ``until_ns``, until ``stop()`` says so, or until no CPU is left.
 
-        Returns the simulated time reached.
+        ``progress``, if given, is called after each turn with the simulated time
+        reached (ns). Returns the simulated time reached.
         """
         while self._heap:
             entry = self._heap[0]
@@ -62,4 +68,6 @@ class EventLoop:
                 entry.seq = self._seq
                 self._seq += 1
                 heapq.heappush(self._heap, entry)
+            if progress is not None:
+                progress(self.now)
         return self.now

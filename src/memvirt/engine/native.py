@@ -15,7 +15,7 @@ it, so the stall is charged to that process (direct reclaim).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -234,10 +234,16 @@ class NativeMachine:
 
         return turn
 
-    def run(self, seconds: float | None = None, accesses: int | None = None) -> float:
+    def run(
+        self,
+        seconds: float | None = None,
+        accesses: int | None = None,
+        progress: Callable[[float, int], None] | None = None,
+    ) -> float:
         """Run until ``seconds`` of simulated time, ``accesses`` in all, or every process ends.
 
-        Returns the simulated time reached, in seconds.
+        ``progress``, if given, is called after each turn with the simulated time reached
+        (ns) and the accesses made so far. Returns the simulated time reached, in seconds.
         """
         until = None if seconds is None else seconds * 1e9
         limit = accesses
@@ -245,7 +251,11 @@ class NativeMachine:
         def stop() -> bool:
             return limit is not None and self.total_accesses >= limit
 
-        end = self.loop.run(until, stop)
+        def report_progress(now_ns: float) -> None:
+            assert progress is not None
+            progress(now_ns, self.total_accesses)
+
+        end = self.loop.run(until, stop, None if progress is None else report_progress)
         for report in self.reports:
             report.counters = self.kernel.counters(report.pid)
             if report.killed is None:

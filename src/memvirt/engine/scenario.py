@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,10 +152,16 @@ def build(scenario: Scenario) -> NativeMachine | VirtualizedMachine:
     return VirtualizedMachine(scenario, by_vm, quantum=scenario.run.quantum_accesses)
 
 
-def run(scenario: Scenario) -> RunResult:
-    """Run ``scenario`` to its end and summarise it."""
+def run(scenario: Scenario, progress: Callable[[float, int], None] | None = None) -> RunResult:
+    """Run ``scenario`` to its end and summarise it.
+
+    ``progress``, if given, is called after each turn of the event loop with the
+    simulated time reached (ns) and the accesses made so far.
+    """
     machine = build(scenario)
-    seconds = machine.run(seconds=scenario.run.seconds, accesses=scenario.run.accesses)
+    seconds = machine.run(
+        seconds=scenario.run.seconds, accesses=scenario.run.accesses, progress=progress
+    )
     summary = machine.summary(seconds)
     summary["scenario"] = {"source": scenario.source, "hash": scenario.hash()}
     summary["seed"] = scenario.run.seed

@@ -43,6 +43,7 @@ quantum is not seen; quanta are kept short for that reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -474,14 +475,27 @@ class VirtualizedMachine:
         reclaimer.after_host_pass(vm, pages)
         return int(copies.size)
 
-    def run(self, seconds: float | None = None, accesses: int | None = None) -> float:
-        """Run until ``seconds``, ``accesses`` in all, or every process ends; seconds reached."""
+    def run(
+        self,
+        seconds: float | None = None,
+        accesses: int | None = None,
+        progress: Callable[[float, int], None] | None = None,
+    ) -> float:
+        """Run until ``seconds``, ``accesses`` in all, or every process ends; seconds reached.
+
+        ``progress``, if given, is called after each turn with the simulated time reached
+        (ns) and the accesses made so far.
+        """
         until = None if seconds is None else seconds * 1e9
 
         def stop() -> bool:
             return accesses is not None and self.total_accesses >= accesses
 
-        end = self.loop.run(until, stop)
+        def report_progress(now_ns: float) -> None:
+            assert progress is not None
+            progress(now_ns, self.total_accesses)
+
+        end = self.loop.run(until, stop, None if progress is None else report_progress)
         for vm in self.vms:
             for report in vm.reports:
                 report.counters = vm.guest.counters(report.pid)

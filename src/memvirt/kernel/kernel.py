@@ -26,7 +26,7 @@ are then real pages, and the hypervisor adds the second mapping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -571,13 +571,16 @@ class Kernel:
         *,
         next_use: np.ndarray | None = None,
         page_numbers: bool = False,
+        drain: Callable[[], None] | None = None,
     ) -> int:
         """Run process ``pid``'s accesses; return how many happened before it ended.
 
         ``addresses`` are virtual addresses (or page numbers with
         ``page_numbers``); ``writes`` marks writes (all reads when None).
         ``next_use`` gives, for each access, the index of the next access to
-        the same page: the opt policy needs it.
+        the same page: the opt policy needs it. When the walk record fills
+        (a kernel under a hypervisor), ``drain`` is called to empty it (the
+        hypervisor's pass over the real pages read so far) and the run goes on.
         """
         if not self.alive(pid):
             raise KernelError(f"process {pid} is not running")
@@ -607,9 +610,13 @@ class Kernel:
                 break
             va = int(self.st[S_FAULT_VPN]) << self.geometry.offset_bits
             if reason == STOP_RECORD_FULL:
-                raise KernelError(
-                    "the walk record is full: run fewer accesses between drains of the record"
-                )
+                if drain is None:
+                    raise KernelError(
+                        "the walk record is full: run fewer accesses between drains of the "
+                        "record, or give run() a drain"
+                    )
+                drain()
+                continue
             if reason == STOP_NEED_TABLES:
                 self._ensure_tables(self.geometry.levels)
             elif reason == STOP_SEGFAULT:
