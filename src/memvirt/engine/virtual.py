@@ -83,6 +83,8 @@ from memvirt.workloads.contents import assign
 
 #: Evictions the host logs per pass before the guests' TLBs are flushed whole.
 RING_CAPACITY = 1 << 12
+#: Entries of a guest's walk record (frames its walks read) before the host must drain it.
+RECORD_CAPACITY = 1 << 14
 #: A process spanning more pages than this is left out of the true active set.
 TOUCH_BITMAP_LIMIT = 1 << 26
 #: Entries of a VM's page-walk cache: host translations of guest page-table pages,
@@ -199,10 +201,14 @@ class VirtualizedMachine:
                 )
             )
             guest.cfg[K_RECORD] = 1
-            guest.record = np.zeros((3, quantum * (geometry.levels + 1) + 8), dtype=np.int64)
+            # the walk record holds a quantum's walks, or RECORD_CAPACITY entries: when it
+            # fills the host pass runs mid-quantum (a drain) and the quantum goes on
+            capacity = min(quantum * (geometry.levels + 1) + 8, RECORD_CAPACITY)
+            guest.record = np.zeros((3, capacity), dtype=np.int64)
             # the guest logs its evictions, so double paging can be seen
             guest.cfg[K_RING] = 1
-            guest.ring = np.zeros((2 * quantum + 1024, N_RING), dtype=np.int64)
+            # at most one eviction per walk between drains, and a walk takes 2+ record rows
+            guest.ring = np.zeros((capacity // 2 + 1, N_RING), dtype=np.int64)
             # each VM's written pages get tokens of their own range, distinct from every
             # other VM's (and from the content model's classes, in bits 60-61)
             guest.st[S_TOKEN] = (k + 1) << 44
@@ -243,9 +249,10 @@ class VirtualizedMachine:
         base = 1 << 20  # the guest kernel's pages, in an address space of their own
         vm.os_pid = guest.spawn([Region(base * page, n * page, name="os")], name="os")
         vpns = base + np.arange(n, dtype=np.int64)
-        for start in range(0, n, self.quantum):
+        step = guest.record.shape[1] // (guest.geometry.levels + 1)  # walks the record holds
+        for start in range(0, n, step):
             guest.st[S_REC_N] = 0
-            chunk = vpns[start : start + self.quantum]
+            chunk = vpns[start : start + step]
             guest.run(vm.os_pid, chunk, np.zeros(chunk.size, dtype=np.uint8), page_numbers=True)
             rec = int(guest.st[S_REC_N])
             self.host_touch(vm, guest.record[0, :rec].copy(), guest.record[1, :rec].copy())
@@ -386,9 +393,18 @@ class VirtualizedMachine:
             guest.st[S_REC_N] = 0
             guest.st[S_RING_N] = 0
             first_token = int(guest.st[S_TOKEN])
-            done = guest.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
+            drained = [0]
+
+            def drain() -> None:  # the record is full: the host catches up mid-quantum
+                drained[0] += self._host_pass(vm)
+                guest.st[S_REC_N] = 0
+                guest.st[S_RING_N] = 0
+
+            done = guest.run(
+                report.pid, chunk.addresses, chunk.writes, page_numbers=True, drain=drain
+            )
             vm.mark_touched(report.pid, chunk.addresses[:done])
-            copies = self._host_pass(vm)
+            copies = drained[0] + self._host_pass(vm)
             if self.check:
                 self._check_quantum(vm, report.pid, chunk.addresses[:done],
                                     chunk.writes[:done], first_token)  # fmt: skip
