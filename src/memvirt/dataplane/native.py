@@ -366,7 +366,7 @@ def build_path(m: Machine, pid: int, vpn: int, leaf_level: int) -> tuple[int, in
         if e & PTE_PRESENT:
             t = table_of(m.fi64, e)
             continue
-        f = take_frame(m, pid, False)
+        f = take_frame_called(m, pid, False)
         if f < 0:
             return -1, -1
         nt = install_table(m, pid, f)
@@ -588,17 +588,63 @@ def take_frame(m: Machine, pid: int, for_data: bool) -> int:
     local = m.cfg[K_LOCAL] != 0
     lid = list_id(m, pid)
     at_quota = for_data and local and m.proc[pid, P_RESIDENT] >= m.proc[pid, P_QUOTA]
-    if at_quota and not evict(m, lid):
-        return -1
-    if m.st[S_FREE_TOP] == 0:
-        ok = evict(m, lid)
-        if not ok and local:
-            # nothing of its own to give: take from the largest local list
-            best = 0
+    if at_quota or m.st[S_FREE_TOP] == 0:
+        # one call site for the eviction (an inlined copy each costs compile time):
+        # its own list first; under local replacement, if it had nothing to give and
+        # was not at its quota, the largest list
+        target = lid
+        ok = False
+        for attempt in range(2):
+            ok = evict(m, target)
+            if ok or at_quota or not local or attempt == 1:
+                break
+            target = 0
             for other in range(1, m.lists.shape[0]):
-                if m.lists[other, L_SIZE] > m.lists[best, L_SIZE]:
-                    best = other
-            ok = evict(m, best)
+                if m.lists[other, L_SIZE] > m.lists[target, L_SIZE]:
+                    target = other
+        if not ok:
+            return -1
+    m.st[S_FREE_TOP] -= 1
+    return m.free_stack[m.st[S_FREE_TOP]]
+
+
+@kernel
+def evict_called(m: Machine, lid: int) -> bool:
+    """:func:`evict`, compiled once as a function of its own: for the rare callers (table
+    pages, the hypervisor's reclamation), so that only the per-access path carries an
+    inlined copy (each inlined copy costs compile time)."""
+    f = pick_victim(m, lid)
+    if f < 0:
+        return False
+    return evict_frame(m, lid, f)
+
+
+@kernel
+def evict_frame_called(m: Machine, lid: int, f: int) -> bool:
+    """:func:`evict_frame`, compiled once as a function of its own (see :func:`evict_called`)."""
+    return evict_frame(m, lid, f)
+
+
+@kernel
+def take_frame_called(m: Machine, pid: int, for_data: bool) -> int:
+    """:func:`take_frame` for the rare callers, evicting through :func:`evict_called`."""
+    local = m.cfg[K_LOCAL] != 0
+    lid = list_id(m, pid)
+    at_quota = for_data and local and m.proc[pid, P_RESIDENT] >= m.proc[pid, P_QUOTA]
+    if at_quota or m.st[S_FREE_TOP] == 0:
+        # one call site for the eviction (an inlined copy each costs compile time):
+        # its own list first; under local replacement, if it had nothing to give and
+        # was not at its quota, the largest list
+        target = lid
+        ok = False
+        for attempt in range(2):
+            ok = evict_called(m, target)
+            if ok or at_quota or not local or attempt == 1:
+                break
+            target = 0
+            for other in range(1, m.lists.shape[0]):
+                if m.lists[other, L_SIZE] > m.lists[target, L_SIZE]:
+                    target = other
         if not ok:
             return -1
     m.st[S_FREE_TOP] -= 1

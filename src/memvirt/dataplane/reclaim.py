@@ -57,15 +57,15 @@ from .layout import (
     S_FREE_TOP,
 )
 from .native import (
-    evict,
-    evict_frame,
+    evict_called,
+    evict_frame_called,
     free_frame,
     free_slot,
     list_append,
     list_id,
     list_remove,
     rng_next,
-    take_frame,
+    take_frame_called,
     tlb_invalidate,
 )
 from .state import Machine
@@ -122,7 +122,7 @@ def balloon_inflate(m: Machine, bpid: int, n: int, out: np.ndarray) -> int:
                 for other in range(1, m.lists.shape[0]):
                     if m.lists[other, L_SIZE] > m.lists[lid, L_SIZE]:
                         lid = other
-            if not evict(m, lid):
+            if not evict_called(m, lid):
                 break
         m.st[S_FREE_TOP] -= 1
         f = m.free_stack[m.st[S_FREE_TOP]]
@@ -151,7 +151,7 @@ def release_frames(m: Machine, frames: np.ndarray, n: int) -> None:
 def grab_frame(m: Machine, pid: int) -> int:
     """A frame for pseudo-process ``pid``, pinned (evicting a page if memory is full); -1 if
     none can be had."""
-    f = take_frame(m, pid, False)
+    f = take_frame_called(m, pid, False)
     if f < 0:
         return -1
     m.fi32[f, F_OWNER] = pid
@@ -258,7 +258,7 @@ def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
         q = m.fi32[f, F_OWNER]
         if q < 0 or (m.fi32[f, F_FLAGS] & _PINNED_OR_TABLE) != 0:
             continue
-        if not evict_frame(m, list_id(m, q), f):
+        if not evict_frame_called(m, list_id(m, q), f):
             break
         done += 1
     return done
