@@ -33,6 +33,7 @@ from rich.table import Table
 from memvirt.kernel.kernel import AdmissionError, KernelError
 from memvirt.mmu.tlb import TLBConfig, TLBError, TLBLevel
 from memvirt.policies import UnknownPolicyError, policy_names
+from memvirt.sweep.cli import register as register_sweep
 from memvirt.traces.model import TraceError
 from memvirt.units import (
     GeometryError,
@@ -1256,6 +1257,10 @@ def _parse_address(text: str) -> int:
     if value < 0:
         raise TraceError(f"--address: expected a non-negative address, got {text!r}")
     return value
+
+
+# memvirt sweep SWEEP.toml ... and memvirt sweep report DIR (docs/sweeps.md)
+register_sweep(app)
 
 
 def main() -> None:
