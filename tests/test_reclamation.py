@@ -10,13 +10,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from memvirt.config import load_scenario, scenario_from_dict
 from memvirt.engine.native import ContentError, NativeMachine
 from memvirt.engine.scenario import RunResult, build, run
-from memvirt.engine.virtual import VirtualizedMachine
+from memvirt.engine.virtual import AccountingError, VirtualizedMachine
 from memvirt.hypervisor.states import STATES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -256,3 +257,28 @@ def test_the_content_check_catches_a_corrupted_host_copy() -> None:
     host.swap.token[host.swap.owner >= 0] ^= 1  # the host's swap no longer holds the pages
     with pytest.raises(ContentError, match="in the guest, but the host keeps"):
         machine.run(accesses=200_000)
+
+
+def test_the_accounting_check_finds_a_swap_slot_that_holds_no_page() -> None:
+    machine = build(scenario_from_dict(tiny_overcommitted(0, "random", True)))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=60_000)
+    machine.check_accounting("before")  # consistent so far
+    host = machine.host
+    free_slot = int(np.flatnonzero(host.swap.owner < 0)[0])
+    host.swap.owner[free_slot] = machine.vms[0].host_pid  # a slot taken and never filled
+    with pytest.raises(AccountingError, match="a used swap slot holds no page"):
+        machine.check_accounting("after the leak")
+
+
+def test_the_accounting_check_finds_a_frame_owned_and_free_at_once() -> None:
+    machine = build(scenario_from_dict(tiny_overcommitted(1, "lru", False)))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=2_000)  # the host is not full yet: frames are free
+    host = machine.host
+    top = int(host.st[0])  # S_FREE_TOP
+    assert top > 0
+    frame = int(host.frames.free_stack[top - 1])
+    host.frames.fi32[frame, 0] = machine.vms[1].host_pid  # owned, yet on the free stack
+    with pytest.raises(AccountingError, match="on the free stack has an owner"):
+        machine.check_accounting("after the corruption")

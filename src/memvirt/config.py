@@ -937,8 +937,10 @@ class RunConfig(BaseModel):
     )
     check: bool = Field(
         False,
-        description="check contents after every quantum: each page touched reads what was "
-        "last written to it (with VMs, through both mappings); a violation stops the run",
+        description="check after every quantum: each page touched reads what was last "
+        "written to it; with VMs, every real page in use has a host copy holding its content, "
+        "and every frame, swap slot, shared, compressed and balloon page is accounted for "
+        "exactly once; a violation stops the run, naming the page and the step",
     )
 
     @model_validator(mode="after")
@@ -1372,7 +1374,15 @@ def _apply_override(data: dict[str, Any], setting: str, source: str) -> Loc:
 
 
 def _dotted(loc: Sequence[str | int]) -> str:
-    return ".".join(str(part) for part in loc)
+    return ".".join(_key_text(part) for part in loc)
+
+
+def _key_text(part: str | int) -> str:
+    """A key as TOML writes it: bare when it can be, else quoted, so that an error's key path
+    stays readable (and unambiguous) whatever characters a key holds."""
+    if isinstance(part, int) or re.fullmatch(r"[A-Za-z0-9_-]+", part):
+        return str(part)
+    return json.dumps(part, ensure_ascii=False)
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(?:#.*)?$")
@@ -1561,7 +1571,13 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
         if found:
             message = str(err)[: found.start()]
             raise ScenarioError(f"{source}:{found.group(1)}:{found.group(2)}: {message}") from None
-        raise ScenarioError(f"{source}: {err}") from None
+        # tomllib says "(at end of document)": give the end's line and column like the others
+        message = re.sub(r"\s*\(at end of document\)$", "", str(err))
+        line = text.count("\n") + 1
+        column = len(text) - (text.rfind("\n") + 1) + 1
+        raise ScenarioError(
+            f"{source}:{line}:{column}: {message} (at the end of the file)"
+        ) from None
     return _validate(data, source, path.parent.resolve(), text, overrides)
 
 

@@ -43,6 +43,8 @@ from .layout import (
     K_LOCAL,
     L_HEAD,
     L_SIZE,
+    P_ALIVE,
+    P_COMPRESSED,
     P_RESIDENT,
     P_ROOT,
     P_SWAPPED,
@@ -55,6 +57,7 @@ from .layout import (
     PTE_WRITABLE,
     RMAP_SHIFT,
     S_FREE_TOP,
+    S_HUGE_TOP,
 )
 from .native import (
     evict_called,
@@ -469,3 +472,137 @@ def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) 
             if slot >= 0:
                 free_slot(m, slot)
                 m.fi32[f, F_SLOT] = -1
+
+
+# violations the accounting check reports (first found), with the page or frame involved
+CHECK_OK = 0
+CHECK_FREE_OWNED = 1  # a frame on the free stack has an owner
+CHECK_FREE_TWICE = 2  # a frame is on the free stack twice
+CHECK_LOST_FRAME = 3  # a frame is neither free nor owned
+CHECK_WRONG_OWNER = 4  # a page is mapped to a frame another VM owns privately
+CHECK_MAPPED_TWICE = 5  # a private frame is mapped by two pages
+CHECK_UNMAPPED = 6  # a VM's private data frame is mapped by no page
+CHECK_BACK_POINTER = 7  # a private frame's back-pointer names another page
+CHECK_SLOT_OWNER = 8  # a swapped page's slot belongs to another owner, or to none
+CHECK_SLOT_TWICE = 9  # a swap slot holds two pages
+CHECK_SLOT_LOST = 10  # a used swap slot holds no page
+CHECK_COUNTS = 11  # a VM's resident, swapped or compressed count is wrong
+CHECK_BALLOON_BACKED = 12  # a balloon page is still backed by the host
+
+
+@kernel
+def check_accounting(
+    m: Machine,
+    vm_pids: np.ndarray,
+    guests_owner: np.ndarray,
+    balloon_pids: np.ndarray,
+    shared_pid: int,
+    refs: np.ndarray,
+    slot_refs: np.ndarray,
+    out: np.ndarray,
+) -> int:
+    """Check that the host's memory is accounted for exactly once: every frame is free or
+    owned, and free once; every real page of every VM is in one frame of its own, in a
+    shared frame, in one swap slot (or compressed) of its own, or nowhere; every private
+    data frame is mapped by exactly one page, the page its back-pointer names; every used
+    swap slot holds exactly one page (by an entry or a frame's swap-cache link); each
+    VM's counts match; no balloon page is backed. ``guests_owner[v, rpn]`` is the owner of
+    real page ``rpn`` in VM ``v``'s guest (-1 free). ``refs[f]`` (frames) is left holding
+    how many pages map each frame, for the caller to check shared frames' counts.
+
+    Returns CHECK_OK or the first violation; ``out`` then holds (vm index, page, frame)."""
+    nframes = m.fi32.shape[0]
+    refs[:] = 0
+    slot_refs[:] = 0
+    seen = refs  # reused below: first as a free-stack marker
+    for k in range(m.st[S_FREE_TOP]):
+        f = m.free_stack[k]
+        if m.fi32[f, F_OWNER] >= 0:
+            out[0], out[1], out[2] = -1, -1, f
+            return CHECK_FREE_OWNED
+        if seen[f] != 0:
+            out[0], out[1], out[2] = -1, -1, f
+            return CHECK_FREE_TWICE
+        seen[f] = 1
+    huge_free = m.st[S_HUGE_TOP] * (1 << m.cfg[K_HUGE_SHIFT])
+    owned = 0
+    for f in range(nframes):
+        if m.fi32[f, F_OWNER] >= 0:
+            owned += 1
+    if owned + m.st[S_FREE_TOP] + huge_free != nframes:
+        out[0], out[1], out[2] = -1, -1, -1
+        return CHECK_LOST_FRAME
+    refs[:] = 0
+    for v in range(vm_pids.shape[0]):
+        pid = vm_pids[v]
+        if m.proc[pid, P_ALIVE] == 0:
+            continue
+        resident = 0
+        swapped = 0
+        compressed = 0
+        for rpn in range(guests_owner.shape[1]):
+            t, idx = leaf_entry(m, pid, rpn)
+            if t < 0:
+                continue
+            e = m.tables[t, idx]
+            if e & PTE_PRESENT:
+                f = entry_frame(m, e, rpn)
+                q = m.fi32[f, F_OWNER]
+                if q == pid:
+                    refs[f] += 1
+                    if refs[f] > 1:
+                        out[0], out[1], out[2] = v, rpn, f
+                        return CHECK_MAPPED_TWICE
+                    if m.fi64[f, G_VPN] != rpn:
+                        out[0], out[1], out[2] = v, rpn, f
+                        return CHECK_BACK_POINTER
+                    resident += 1
+                    slot = m.fi32[f, F_SLOT]
+                    if slot >= 0:
+                        slot_refs[slot] += 1
+                elif q == shared_pid:
+                    refs[f] += 1
+                else:
+                    out[0], out[1], out[2] = v, rpn, f
+                    return CHECK_WRONG_OWNER
+                if guests_owner[v, rpn] == balloon_pids[v]:
+                    out[0], out[1], out[2] = v, rpn, f
+                    return CHECK_BALLOON_BACKED
+            elif e & PTE_SWAPPED:
+                slot = e >> PTE_SHIFT
+                if m.swap_owner[slot] != pid:
+                    out[0], out[1], out[2] = v, rpn, slot
+                    return CHECK_SLOT_OWNER
+                slot_refs[slot] += 1
+                swapped += 1
+                if m.swap_csize[slot] > 0:
+                    compressed += 1
+                if guests_owner[v, rpn] == balloon_pids[v]:
+                    out[0], out[1], out[2] = v, rpn, slot
+                    return CHECK_BALLOON_BACKED
+        if (
+            resident != m.proc[pid, P_RESIDENT]
+            or swapped != m.proc[pid, P_SWAPPED]
+            or compressed != m.proc[pid, P_COMPRESSED]
+        ):
+            out[0], out[1], out[2] = v, resident, swapped
+            return CHECK_COUNTS
+    for f in range(nframes):
+        q = m.fi32[f, F_OWNER]
+        if q < 0 or refs[f] != 0:
+            continue
+        flags = m.fi32[f, F_FLAGS]
+        if (flags & (FR_TABLE | FR_PINNED)) != 0:
+            continue
+        for v in range(vm_pids.shape[0]):
+            if vm_pids[v] == q and m.proc[q, P_ALIVE] != 0:
+                out[0], out[1], out[2] = v, m.fi64[f, G_VPN], f
+                return CHECK_UNMAPPED
+    for slot in range(m.swap_owner.shape[0]):
+        if slot_refs[slot] > 1:
+            out[0], out[1], out[2] = -1, -1, slot
+            return CHECK_SLOT_TWICE
+        if m.swap_owner[slot] >= 0 and slot_refs[slot] == 0:
+            out[0], out[1], out[2] = -1, -1, slot
+            return CHECK_SLOT_LOST
+    return CHECK_OK

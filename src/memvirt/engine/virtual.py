@@ -53,6 +53,7 @@ from memvirt.config import Scenario, ScenarioError, VMConfig
 from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
     FR_DIRTY,
+    FR_TABLE,
     G_TOKEN,
     K_RECORD,
     K_RING,
@@ -78,7 +79,7 @@ from memvirt.engine.native import (
     settle,
 )
 from memvirt.hypervisor.reclamation import Reclaimer
-from memvirt.kernel.kernel import Kernel, KernelConfig, Region
+from memvirt.kernel.kernel import Kernel, KernelConfig, Region, describe_pte
 from memvirt.workloads.contents import assign
 
 #: Evictions the host logs per pass before the guests' TLBs are flushed whole.
@@ -91,6 +92,27 @@ TOUCH_BITMAP_LIMIT = 1 << 26
 #: the "nested TLB" of Bhargava et al. (ASPLOS 2008), in the size range of the MMU
 #: caches Barr, Cox and Rixner study (ISCA 2010: tens of entries).
 WALK_CACHE_ENTRIES = 32
+
+
+class AccountingError(ContentError):
+    """The check found a frame or a page accounted for not exactly once."""
+
+
+#: What each code of :func:`memvirt.dataplane.reclaim.check_accounting` means.
+ACCOUNTING_ERRORS = {
+    reclaim.CHECK_FREE_OWNED: "a frame on the free stack has an owner (frame)",
+    reclaim.CHECK_FREE_TWICE: "a frame is on the free stack twice (frame)",
+    reclaim.CHECK_LOST_FRAME: "frames are not conserved: some are neither free nor owned",
+    reclaim.CHECK_WRONG_OWNER: "its frame belongs to another VM (frame)",
+    reclaim.CHECK_MAPPED_TWICE: "its frame is mapped by another page too (frame)",
+    reclaim.CHECK_UNMAPPED: "a private frame of the VM maps no page (frame)",
+    reclaim.CHECK_BACK_POINTER: "its frame's back-pointer names another page (frame)",
+    reclaim.CHECK_SLOT_OWNER: "its swap slot is not the VM's (slot)",
+    reclaim.CHECK_SLOT_TWICE: "a swap slot holds two pages (slot)",
+    reclaim.CHECK_SLOT_LOST: "a used swap slot holds no page (slot)",
+    reclaim.CHECK_COUNTS: "its resident, swapped or compressed counts are wrong (swapped)",
+    reclaim.CHECK_BALLOON_BACKED: "a balloon page is still backed by the host (frame or slot)",
+}
 
 
 @dataclass
@@ -361,6 +383,51 @@ class VirtualizedMachine:
                 "host " + ("keeps no copy of it" if where == 0 else f"keeps {host_token:#x}")
             )
         check_reads(guest, pid, vpns, expected, f"VM {vm.name}")
+        self.check_accounting(f"after a quantum of VM {vm.name}'s process {pid}")
+
+    def check_accounting(self, step: str) -> None:
+        """Every frame free or owned once, every page of every VM in exactly one place
+        (its frame, a shared frame with a matching reference count, one swap slot or the
+        compression cache, or nowhere), every balloon page unbacked: AccountingError
+        naming the page, its state in the guest and the host, and ``step`` otherwise."""
+        host = self.host
+        width = max(vm.real_pages for vm in self.vms)
+        owners = np.full((len(self.vms), width), -2, dtype=np.int32)
+        for k, vm in enumerate(self.vms):
+            fi32 = vm.guest.frames.fi32
+            # the owner of each real page; page-table pages (the balloon driver's root
+            # table among them) stand apart: they are backed like any page in use
+            owners[k, : vm.real_pages] = np.where(fi32[:, 4] & FR_TABLE, -3, fi32[:, 0])
+        vm_pids = np.array([vm.host_pid for vm in self.vms], dtype=np.int64)
+        balloons = np.array([vm.balloon_pid for vm in self.vms], dtype=np.int64)
+        refs = np.zeros(host.config.frames, dtype=np.int64)
+        slot_refs = np.zeros(host.swap.owner.shape[0], dtype=np.int64)
+        out = np.zeros(3, dtype=np.int64)
+        code = reclaim.check_accounting(host.machine, vm_pids, owners, balloons,
+                                        self.hypervisor_pid, refs, slot_refs, out)  # fmt: skip
+        if code == reclaim.CHECK_OK:
+            sharing = self.reclaimer.sharing
+            for frame, (_, mapped) in sharing.owners.items():
+                if refs[frame] != len(mapped):
+                    raise AccountingError(
+                        f"{step}: shared frame {frame} is mapped by {int(refs[frame])} "
+                        f"pages, but {len(mapped)} share it: {sorted(mapped)}"
+                    )
+            return
+        v, page, frame = (int(x) for x in out)
+        where = f"VM {self.vms[v].name}: " if v >= 0 else "the host: "
+        if v >= 0 and 0 <= page < self.vms[v].real_pages:
+            g = self.vms[v].guest
+            owner = g.frames.owner(page)
+            guest_state = (
+                "free in the guest" if owner < 0
+                else f"in the guest: page {g.frames.vpn(page):#x} of pid {owner}, "
+                f"token {g.frames.token(page):#x}"
+            )  # fmt: skip
+            host_walk = host.walk(self.vms[v].host_pid, page << host.geometry.offset_bits)
+            entry = host_walk.steps[-1].entry if host_walk.steps else 0
+            where += f"real page {page} ({guest_state}; host entry: {describe_pte(entry)}): "
+        raise AccountingError(f"{step}: {where}{ACCOUNTING_ERRORS[code]} ({frame})")
 
     def _control(self, now: float) -> float | None:
         """The hypervisor's turn: one reclamation step, every control period."""
