@@ -252,8 +252,10 @@ class VirtualizedMachine:
                 self.loop.add(f"{vm.name}/vcpu{c}", _vcpu(queue, self), first)
                 self.vcpus_running += 1
             vm.balloon_pid = guest.spawn([Region(0, page, name="balloon driver")], name="balloon")
+            guest.oom_exempt.add(vm.balloon_pid)
         # the hypervisor's own frames: shared pages and compression caches
         self.hypervisor_pid = self.host.spawn([Region(0, page)], name="hypervisor")
+        self.host.oom_exempt.add(self.hypervisor_pid)
         for vm in self.vms:
             self._boot(vm, scenario.run.seed)
         self.reclaimer = Reclaimer(self, hyp, scenario.run.seed)
@@ -301,13 +303,28 @@ class VirtualizedMachine:
         return int(reclaim.sync_contents(self.host.machine, vm.host_pid, vm.guest.frames.fi64))
 
     def host_touch(self, vm: VM, pages: np.ndarray, writes: np.ndarray) -> dict[str, int]:
-        """The host runs ``pages`` of ``vm`` as accesses; the counters' change."""
+        """The host runs ``pages`` of ``vm`` as accesses; the counters' change. The copies
+        it makes (frames it faults in, pages it evicts to make room) take the pages' real
+        contents, as after a host pass."""
         h0 = self.host.counters(vm.host_pid)
         self.host.st[S_RING_N] = 0
         self.host.run(vm.host_pid, pages, writes, page_numbers=True)
-        self.shoot_down_evicted()
+        self._settle_pass(vm, np.ascontiguousarray(pages, dtype=np.int64))
         h1 = self.host.counters(vm.host_pid)
         return {k: h1[k] - h0[k] for k in h1}
+
+    def _settle_pass(self, vm: VM, data_pages: np.ndarray) -> None:
+        """After the host ran accesses of ``vm``: the pages it evicted to swap and the data
+        pages it touched hold their real contents (its own writes and zero-filling faults
+        leave tokens behind the guests'); the guests' translations of evicted pages are
+        shot down."""
+        evicted = int(self.host.st[S_RING_N])
+        host_m = self.host.machine  # anew: the run may have grown the table pool
+        for other in self.vms:
+            reclaim.fix_swap_copies(host_m, self.host.ring, evicted, other.host_pid,
+                                    other.guest.frames.fi64)  # fmt: skip
+        reclaim.settle_tokens(host_m, vm.host_pid, data_pages, vm.guest.frames.fi64)
+        self.shoot_down_evicted()
 
     def host_stall(self, hd: dict[str, int]) -> float:
         """Simulated ns the host's work (counters' change ``hd``) stalls a vCPU."""
@@ -406,6 +423,7 @@ class VirtualizedMachine:
         code = reclaim.check_accounting(host.machine, vm_pids, owners, balloons,
                                         self.hypervisor_pid, refs, slot_refs, out)  # fmt: skip
         if code == reclaim.CHECK_OK:
+            self.reclaimer.reap()  # a VM the host stopped shares nothing any more
             sharing = self.reclaimer.sharing
             for frame, (_, mapped) in sharing.owners.items():
                 if refs[frame] != len(mapped):
@@ -472,7 +490,7 @@ class VirtualizedMachine:
             )
             vm.mark_touched(report.pid, chunk.addresses[:done])
             copies = drained[0] + self._host_pass(vm)
-            if self.check:
+            if self.check and guest.alive(report.pid) and host.alive(vm.host_pid):
                 self._check_quantum(vm, report.pid, chunk.addresses[:done],
                                     chunk.writes[:done], first_token)  # fmt: skip
             g1, h1, all1 = guest.counters(), host.counters(vm.host_pid), host.counters()
@@ -547,14 +565,7 @@ class VirtualizedMachine:
         self.host.run(vm.host_pid, pages, writes, page_numbers=True)
         # the pass's own writes and faults leave frame tokens behind the guest's: the host
         # copies (in frames, and in swap for pages the pass evicted) take the real contents
-        evicted = int(self.host.st[S_RING_N])
-        host_m = self.host.machine  # anew: the run may have grown the table pool
-        for other in self.vms:
-            reclaim.fix_swap_copies(host_m, self.host.ring, evicted, other.host_pid,
-                                    other.guest.frames.fi64)  # fmt: skip
-        reclaim.settle_tokens(host_m, vm.host_pid, np.ascontiguousarray(pages[kinds == 0]),
-                              content)  # fmt: skip
-        self.shoot_down_evicted()
+        self._settle_pass(vm, np.ascontiguousarray(pages[kinds == 0]))
         reclaimer.after_host_pass(vm, pages)
         return int(copies.size)
 

@@ -272,8 +272,23 @@ class Reclaimer:
 
     # ---------------------------------------------------------------- the control step
 
+    def reap(self) -> None:
+        """Forget what reclamation held for VMs the host has stopped: their shares of shared
+        frames (a frame nobody shares any more is freed) and their compression caches."""
+        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+            if self.host.alive(vm.host_pid) or not (r.shared or r.cache_frames):
+                continue
+            for page, shared in list(r.shared.items()):
+                del r.shared[page]
+                self._drop_ref(shared, (r.index, page))
+            if r.cache_frames:
+                frames = np.array(r.cache_frames, dtype=np.int64)
+                r.cache_frames.clear()
+                reclaim.release_frames(self.host.machine, frames, frames.size)
+
     def tick(self, now: float) -> None:
         """One reclamation step at simulated time ``now`` (ns)."""
+        self.reap()
         cfg = self.config
         dt = (now - self.last_tick) / 1e9
         self.last_tick = now

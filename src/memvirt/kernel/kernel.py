@@ -361,6 +361,8 @@ class Kernel:
         self.table_free = np.zeros(initial_tables, dtype=np.int32)
         self.processes: dict[int, ProcessInfo] = {}
         self.kills: list[KillRecord] = []
+        #: processes the OOM killer never picks (kernel pseudo-processes)
+        self.oom_exempt: set[int] = set()
         self._blocks: list[tuple[int, int, int]] = []  # (start, frames, pid) without VM
         self._empty_next_use = np.zeros(0, dtype=np.int64)
         self.record = np.zeros((3, 1), dtype=np.int64)
@@ -541,10 +543,12 @@ class Kernel:
         self._set_quotas()
 
     def _oom_victim(self) -> int | None:
-        """The live process with the largest resident + swapped + page-table pages."""
+        """The live process with the largest resident + swapped + page-table pages (of
+        those not exempt: ``oom_exempt`` holds pseudo-processes such as a hypervisor's own
+        frames or a balloon driver, whose pages others depend on)."""
         best, best_score = None, 0
         for p in sorted(self.processes):
-            if not self.proc[p, P_ALIVE]:
+            if not self.proc[p, P_ALIVE] or p in self.oom_exempt:
                 continue
             score = int(self.proc[p, P_RESIDENT] + self.proc[p, P_SWAPPED] + self.proc[p, P_TABLES])
             if score > best_score:
