@@ -335,26 +335,40 @@ def frame_of(m: Machine, pid: int, vpn: int) -> int:
 @kernel
 def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
     """Give each data frame of ``pid`` the content of the page it holds: ``content[vpn]``
-    (the guest frame tokens, for a VM). A frame whose page changed turns dirty and gives
-    back its swap copy, now stale. Returns how many changed."""
+    for pages ``0 .. len(content)`` (a VM's real pages: the guest frame tokens). A frame
+    whose page changed turns dirty and gives back its swap copy, now stale. Returns how
+    many changed. It visits the pages' leaf tables, one walk per table: the cost follows
+    the VM's size, not the host's."""
     changed = 0
     fi32, fi64 = m.fi32, m.fi64
-    for f in range(fi32.shape[0]):
-        if fi32[f, F_OWNER] != pid:
+    npages = content.shape[0]
+    levels = m.cfg[K_LEVELS]
+    span = 1 << m.shifts[levels - 2]  # pages one leaf table (or one huge page) maps
+    mask = m.masks[levels - 1]
+    for first in range(0, npages, span):
+        t, idx = leaf_entry(m, pid, first)
+        if t < 0:
             continue
-        flags = fi32[f, F_FLAGS]
-        # data frames: its own pages, and the base pages of its huge pages (pinned)
-        if (flags & FR_TABLE) != 0 or (flags & (FR_PINNED | FR_HUGE)) == FR_PINNED:
-            continue
-        tok = content[fi64[f, G_VPN], G_TOKEN]
-        if tok != fi64[f, G_TOKEN]:
-            fi64[f, G_TOKEN] = tok
-            fi32[f, F_FLAGS] |= FR_DIRTY
-            slot = fi32[f, F_SLOT]
-            if slot >= 0:
-                free_slot(m, slot)
-                fi32[f, F_SLOT] = -1
-            changed += 1
+        huge = (m.tables[t, idx] & PTE_HUGE) != 0
+        for k in range(min(span, npages - first)):
+            if huge:
+                f = (m.tables[t, idx] >> PTE_SHIFT) + k
+            else:
+                e = m.tables[t, ((first + k) & mask)]
+                if (e & PTE_PRESENT) == 0:
+                    continue
+                f = e >> PTE_SHIFT
+            if fi32[f, F_OWNER] != pid:
+                continue  # a shared frame: its sharing is checked on its own
+            tok = content[first + k, G_TOKEN]
+            if tok != fi64[f, G_TOKEN]:
+                fi64[f, G_TOKEN] = tok
+                fi32[f, F_FLAGS] |= FR_DIRTY
+                slot = fi32[f, F_SLOT]
+                if slot >= 0:
+                    free_slot(m, slot)
+                    fi32[f, F_SLOT] = -1
+                changed += 1
     return changed
 
 
