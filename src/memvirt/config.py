@@ -81,6 +81,12 @@ SHARES_PER_MIB: dict[str, int] = {"high": 20, "normal": 10, "low": 5}
 #: traditional start of a program's text on x86-64 Linux (0x400000).
 DEFAULT_BASE = 0x400000
 
+#: The most pages a memory or a swap device may have (512 GiB of 4 KiB pages: a 256 GiB
+#: host with its VMs' real memory fits). The simulator keeps some 60 bytes per page in
+#: arrays, so a size beyond this would ask for more memory than a machine running memvirt
+#: has; frame numbers are 32-bit in places, too.
+MAX_PAGES = 1 << 27
+
 
 class ScenarioError(ValueError):
     """A scenario that cannot be loaded: one line per problem, each naming the file, the
@@ -328,8 +334,15 @@ class HostConfig(BaseModel):
         if isinstance(data, Mapping):
             bits = data.get("bits_per_level", 9)
             levels = data.get("levels", 4)
-            if isinstance(bits, int) and not isinstance(bits, bool) and isinstance(levels, int):
-                return {**data, "bits_per_level": [bits] * max(levels, 0)}
+            # (only for a level count in range: the levels field reports any other, and a
+            # huge one must not become a huge list)
+            if (
+                isinstance(bits, int)
+                and not isinstance(bits, bool)
+                and isinstance(levels, int)
+                and 2 <= levels <= 5
+            ):
+                return {**data, "bits_per_level": [bits] * levels}
         return data
 
     @model_validator(mode="after")
@@ -933,7 +946,12 @@ class RunConfig(BaseModel):
         0, ge=0, description="seed of the run's one random generator: same seed, same results"
     )
     quantum_accesses: int = Field(
-        10_000, ge=1, description="accesses a vCPU (or process) makes per turn in the event loop"
+        10_000,
+        ge=1,
+        # a turn's accesses are generated into arrays at once: the bound keeps them in memory
+        le=1 << 22,
+        description="accesses a vCPU (or process) makes per turn in the event loop "
+        "(at most 4,194,304)",
     )
     check: bool = Field(
         False,
@@ -1073,8 +1091,19 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
         if value is not None and value % ps:
             found.add(loc, value, f"must be a whole number of {_size(ps)} pages")
 
-    whole(("host", "memory"), host.memory)
-    whole(("host", "swap", "size"), host.swap.size)
+    def bounded(loc: Loc, value: int) -> None:
+        # a memory or swap device is simulated page by page: its size bounds the run's arrays
+        whole(loc, value)
+        if value // ps > MAX_PAGES:
+            found.add(
+                loc,
+                value,
+                f"at most {MAX_PAGES} pages ({_size(MAX_PAGES * ps)} of {_size(ps)} pages): "
+                f"memvirt keeps every page in memory",
+            )
+
+    bounded(("host", "memory"), host.memory)
+    bounded(("host", "swap", "size"), host.swap.size)
     geometry = host.geometry()
     need = host.huge_pages * geometry.huge_page_size
     if need > host.memory:
@@ -1094,7 +1123,7 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
         return found
 
     assert s.hypervisor is not None  # made by Scenario._defaults
-    whole(("hypervisor", "host_swap", "size"), s.hypervisor.host_swap.size)
+    bounded(("hypervisor", "host_swap", "size"), s.hypervisor.host_swap.size)
     if s.processes:
         message = "with VMs, processes run inside them ([[vms.processes]]), not at top level"
         found.add(("processes",), [p.name for p in s.processes], message)
@@ -1110,9 +1139,10 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
         if vm.name in seen:
             found.add(("vms", i, "name"), vm.name, f"is already the name of vms.{seen[vm.name]}")
         seen.setdefault(vm.name, i)
-        for key in ("memory", "reservation", "limit"):
+        bounded(("vms", i, "memory"), vm.memory)
+        for key in ("reservation", "limit"):
             whole(("vms", i, key), getattr(vm, key))
-        whole(("vms", i, "guest", "swap"), vm.guest.swap)
+        bounded(("vms", i, "guest", "swap"), vm.guest.swap)
         _check_processes(
             found, ("vms", i, "processes"), vm.processes, vm.geometry(host), in_vm=True,
             guest_huge_pages=vm.guest.huge_pages,
@@ -1316,7 +1346,7 @@ def _apply_override(data: dict[str, Any], setting: str, source: str) -> Loc:
     """Set one ``KEY=VALUE`` in ``data``; return the key path it set, list items by index."""
 
     def fail(message: str) -> ScenarioError:
-        return ScenarioError(f"{source}: --set {setting}: {message}")
+        return ScenarioError(f"{source}: --set {_printable(setting)}: {message}")
 
     key, sep, text = setting.partition("=")
     key = key.strip()
@@ -1374,7 +1404,19 @@ def _apply_override(data: dict[str, Any], setting: str, source: str) -> Loc:
 
 
 def _dotted(loc: Sequence[str | int]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _key_path(loc: Sequence[str | int]) -> str:
+    """A key path as an error shows it: like :func:`_dotted`, each key quoted when it is
+    not a bare TOML key."""
     return ".".join(_key_text(part) for part in loc)
+
+
+def _printable(text: str) -> str:
+    """``text`` with the characters a terminal would not show (an escape sequence, a line
+    break) written as Python escapes, so that input quoted in an error stays on its line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _key_text(part: str | int) -> str:
@@ -1382,7 +1424,16 @@ def _key_text(part: str | int) -> str:
     stays readable (and unambiguous) whatever characters a key holds."""
     if isinstance(part, int) or re.fullmatch(r"[A-Za-z0-9_-]+", part):
         return str(part)
-    return json.dumps(part, ensure_ascii=False)
+    # escaped as TOML escapes them: quotes, backslashes and what a terminal would not show
+    shown: list[str] = []
+    for ch in part:
+        if ch in '"\\':
+            shown.append("\\" + ch)
+        elif ch.isprintable():
+            shown.append(ch)
+        else:
+            shown.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return '"' + "".join(shown) + '"'
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(?:#.*)?$")
@@ -1478,8 +1529,11 @@ def _problems(
         ):
             continue  # a list whose items all failed: the items' errors say why
         loc = _clean_loc(e["loc"], data)
-        path = _dotted(loc) or "(the scenario)"
+        path = _key_path(loc) or "(the scenario)"
         message = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        # pydantic quotes some inputs as they are: a control character (an escape sequence,
+        # a line break) from the file must not reach the terminal raw
+        message = _printable(message)
         # show the value as written when it is a plain one; a check may describe it better
         written = _value_at(data, loc)
         if isinstance(written, str | int | float | bool) and e["type"] != "missing":
@@ -1514,7 +1568,7 @@ def _problems(
                     break
         shown = f"{path} = {value}" if value is not None else path
         if setting is not None:
-            shown += f" (from --set {setting})"
+            shown += f" (from --set {_printable(setting)})"
         problems.append(Problem(path, message, value, line))
         rendered.append(f"{where}: {shown}: {message}")
     # in file order; problems without a line (from overrides, or from dicts) after them
@@ -1601,6 +1655,7 @@ def scenario_from_dict(
 
 __all__ = [
     "DEFAULT_BASE",
+    "MAX_PAGES",
     "SHARES_PER_MIB",
     "CostModel",
     "GuestConfig",

@@ -391,6 +391,14 @@ class TraceStream:
         self._chunks.close()
         self._input.close()
 
+    def __del__(self) -> None:
+        # A stream dropped without being read or closed (a run that stops before its
+        # trace's turn) still closes its file. Not from a half-built stream: __init__
+        # closed that one, and it may lack the attributes.
+        inp = self.__dict__.get("_input")
+        if inp is not None and "_chunks" in self.__dict__:
+            inp.close()
+
     def read_all(self) -> Trace:
         """The rest of the trace as one Trace; an error when it holds no accesses."""
         chunks = list(self)
@@ -609,7 +617,7 @@ class TraceStream:
             step = max(rows, 1)  # column after column: only the whole array pairs them up
         for start in range(0, rows, step):
             count = min(step, rows - start)
-            data = inp.read(count * row_bytes)
+            data = _read_up_to(inp, count * row_bytes)
             if len(data) < count * row_bytes:
                 held = start + len(data) // row_bytes
                 raise TraceError(
@@ -623,6 +631,23 @@ class TraceStream:
                 array, header, self.source, self.page_numbers, start
             )
             yield from self._pieces(addresses, writes, fetches)
+
+
+def _read_up_to(inp: _Input, n: int) -> bytes:
+    """The next ``n`` bytes, fewer at the end, read in bounded pieces: a header may announce
+    more rows than any file holds (or than one read can ask for), and memory should grow
+    with the bytes found, not with the bytes announced."""
+    if n <= _MAX_TEXT_READ:
+        return inp.read(n)
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        piece = inp.read(min(_MAX_TEXT_READ, n - got))
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
 
 
 def _trimmed(array: npt.NDArray[Any], n: int) -> npt.NDArray[Any]:
