@@ -500,8 +500,7 @@ def compressed_bytes(proc: np.ndarray, q: int, token: int) -> int:
     return np.int64(COMPRESSION_LIMIT + 1 + np.floor(s * (PAGE_BYTES - COMPRESSION_LIMIT)))
 
 
-@inlined
-def evict(m: Machine, lid: int) -> bool:
+def _evict(m: Machine, lid: int) -> bool:
     """Take one page out of memory from list ``lid``; False when none can be taken.
 
     A dirty page is written to a free swap slot; a clean page whose swap copy
@@ -515,8 +514,7 @@ def evict(m: Machine, lid: int) -> bool:
     return evict_frame(m, lid, f)
 
 
-@inlined
-def evict_frame(m: Machine, lid: int, f: int) -> bool:
+def _evict_frame(m: Machine, lid: int, f: int) -> bool:
     """Take the page in frame ``f`` (on list ``lid``) out of memory, as :func:`evict` does.
 
     With compression on (``K_COMPRESS``), a dirty page that compresses to 2 KiB
@@ -577,8 +575,7 @@ def evict_frame(m: Machine, lid: int, f: int) -> bool:
     return True
 
 
-@inlined
-def take_frame(m: Machine, pid: int, for_data: bool) -> int:
+def _take_frame(m: Machine, pid: int, for_data: bool) -> int:
     """Return a free frame for ``pid``, evicting a page if needed; -1 if none can be had.
 
     Under local replacement a process at its quota evicts one of its own
@@ -608,47 +605,15 @@ def take_frame(m: Machine, pid: int, for_data: bool) -> int:
     return m.free_stack[m.st[S_FREE_TOP]]
 
 
-@kernel
-def evict_called(m: Machine, lid: int) -> bool:
-    """:func:`evict`, compiled once as a function of its own: for the rare callers (table
-    pages, the hypervisor's reclamation), so that only the per-access path carries an
-    inlined copy (each inlined copy costs compile time)."""
-    f = pick_victim(m, lid)
-    if f < 0:
-        return False
-    return evict_frame(m, lid, f)
-
-
-@kernel
-def evict_frame_called(m: Machine, lid: int, f: int) -> bool:
-    """:func:`evict_frame`, compiled once as a function of its own (see :func:`evict_called`)."""
-    return evict_frame(m, lid, f)
-
-
-@kernel
-def take_frame_called(m: Machine, pid: int, for_data: bool) -> int:
-    """:func:`take_frame` for the rare callers, evicting through :func:`evict_called`."""
-    local = m.cfg[K_LOCAL] != 0
-    lid = list_id(m, pid)
-    at_quota = for_data and local and m.proc[pid, P_RESIDENT] >= m.proc[pid, P_QUOTA]
-    if at_quota or m.st[S_FREE_TOP] == 0:
-        # one call site for the eviction (an inlined copy each costs compile time):
-        # its own list first; under local replacement, if it had nothing to give and
-        # was not at its quota, the largest list
-        target = lid
-        ok = False
-        for attempt in range(2):
-            ok = evict_called(m, target)
-            if ok or at_quota or not local or attempt == 1:
-                break
-            target = 0
-            for other in range(1, m.lists.shape[0]):
-                if m.lists[other, L_SIZE] > m.lists[target, L_SIZE]:
-                    target = other
-        if not ok:
-            return -1
-    m.st[S_FREE_TOP] -= 1
-    return m.free_stack[m.st[S_FREE_TOP]]
+#: :func:`evict`, :func:`evict_frame` and :func:`take_frame` compiled once each as functions
+#: of their own, for the rare callers (table pages, the hypervisor's reclamation): only the
+#: per-access path carries inlined copies, and each inlined copy costs compile time.
+evict = inlined(_evict)
+evict_frame = inlined(_evict_frame)
+take_frame = inlined(_take_frame)
+evict_called = kernel(_evict)
+evict_frame_called = kernel(_evict_frame)
+take_frame_called = kernel(_take_frame)
 
 
 @kernel
