@@ -75,6 +75,18 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def in_scenario(scenario: Path | str, err: BaseException) -> str:
+    """The message of an error met while running ``scenario``, naming the scenario when the
+    message does not (a kernel's refusal, an out-of-memory condition of this machine)."""
+    if isinstance(err, MemoryError):
+        return (
+            f"{scenario}: this machine has not enough memory to simulate it (every page is "
+            "simulated in memory): make host.memory, the VMs' memory or the swap sizes smaller"
+        )
+    text = str(err)
+    return text if text.startswith(str(scenario)) else f"{scenario}: {text}"
+
+
 def parse_tlb_level(text: str, option: str) -> TLBLevel:
     """Read ``ENTRIES:WAYS`` (e.g. ``64:4``) for a TLB level."""
     try:
@@ -674,8 +686,8 @@ def run_command(
         written = [] if out is None else write_outputs(result, out, title=scenario.stem)
     except ScenarioError as err:
         fail(str(err))
-    except INPUT_ERRORS as err:
-        fail(str(err))
+    except (*INPUT_ERRORS, MemoryError) as err:
+        fail(in_scenario(scenario, err))
     except OSError as err:
         fail(f"{err.filename or out}: {err.strerror or err}")
     summary = result.summary
@@ -1200,8 +1212,8 @@ def explain_command(
         out = explain(loaded, vm=vm, process=process, address=va)
     except ScenarioError as err:
         fail(str(err))
-    except INPUT_ERRORS as err:
-        fail(str(err))
+    except (*INPUT_ERRORS, MemoryError) as err:
+        fail(in_scenario(scenario, err))
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
