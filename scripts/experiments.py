@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.hashsalt"] = "memvirt"  # stable ids: the same figure, the same bytes
 import matplotlib.pyplot as plt
 
 from memvirt.config import load_scenario, scenario_from_dict
