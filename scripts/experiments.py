@@ -19,12 +19,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-matplotlib.rcParams["svg.hashsalt"] = "memvirt"  # stable ids: the same figure, the same bytes
 import matplotlib.pyplot as plt
 
 from memvirt.config import load_scenario, scenario_from_dict
 from memvirt.engine.scenario import RunResult, run
 
+matplotlib.rcParams["svg.hashsalt"] = "memvirt"  # stable ids: the same figure, the same bytes
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PAGE_MIB = 256  # 4 KiB pages per MiB
