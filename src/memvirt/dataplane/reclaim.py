@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import kernel
+from .jit import inlined, kernel
 from .layout import (
     F_FLAGS,
     F_NEXT,
@@ -332,6 +332,21 @@ def frame_of(m: Machine, pid: int, vpn: int) -> int:
 # ---------------------------------------------------------------------- contents
 
 
+@inlined
+def take_content(m: Machine, f: int, token: int) -> bool:
+    """Frame ``f`` holds ``token`` now: if that is new, the frame turns dirty and gives back
+    its swap copy, now stale. Returns whether it changed."""
+    if m.fi64[f, G_TOKEN] == token:
+        return False
+    m.fi64[f, G_TOKEN] = token
+    m.fi32[f, F_FLAGS] |= FR_DIRTY
+    slot = m.fi32[f, F_SLOT]
+    if slot >= 0:
+        free_slot(m, slot)
+        m.fi32[f, F_SLOT] = -1
+    return True
+
+
 @kernel
 def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
     """Give each data frame of ``pid`` the content of the page it holds: ``content[vpn]``
@@ -340,7 +355,7 @@ def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
     many changed. It visits the pages' leaf tables, one walk per table: the cost follows
     the VM's size, not the host's."""
     changed = 0
-    fi32, fi64 = m.fi32, m.fi64
+    fi32 = m.fi32
     npages = content.shape[0]
     levels = m.cfg[K_LEVELS]
     span = 1 << m.shifts[levels - 2]  # pages one leaf table (or one huge page) maps
@@ -360,14 +375,7 @@ def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
                 f = e >> PTE_SHIFT
             if fi32[f, F_OWNER] != pid:
                 continue  # a shared frame: its sharing is checked on its own
-            tok = content[first + k, G_TOKEN]
-            if tok != fi64[f, G_TOKEN]:
-                fi64[f, G_TOKEN] = tok
-                fi32[f, F_FLAGS] |= FR_DIRTY
-                slot = fi32[f, F_SLOT]
-                if slot >= 0:
-                    free_slot(m, slot)
-                    fi32[f, F_SLOT] = -1
+            if take_content(m, f, content[first + k, G_TOKEN]):
                 changed += 1
     return changed
 
@@ -469,23 +477,12 @@ def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) 
     ``content[page]`` (the pass's own writes and zero-filling faults leave the host's
     tokens behind the guest's)."""
     for k in range(pages.shape[0]):
-        t, idx = leaf_entry(m, pid, pages[k])
-        if t < 0:
+        t, idx = leaf_entry(m, pid, pages[k])  # (frame_of's lookup, one call fewer per page)
+        if t < 0 or (m.tables[t, idx] & PTE_PRESENT) == 0:
             continue
-        e = m.tables[t, idx]
-        if (e & PTE_PRESENT) == 0:
-            continue
-        f = entry_frame(m, e, pages[k])
-        if m.fi32[f, F_OWNER] != pid:
-            continue
-        tok = content[pages[k], G_TOKEN]
-        if m.fi64[f, G_TOKEN] != tok:
-            m.fi64[f, G_TOKEN] = tok
-            m.fi32[f, F_FLAGS] |= FR_DIRTY
-            slot = m.fi32[f, F_SLOT]
-            if slot >= 0:
-                free_slot(m, slot)
-                m.fi32[f, F_SLOT] = -1
+        f = entry_frame(m, m.tables[t, idx], pages[k])
+        if m.fi32[f, F_OWNER] == pid:
+            take_content(m, f, content[pages[k], G_TOKEN])
 
 
 # violations the accounting check reports (first found), with the page or frame involved

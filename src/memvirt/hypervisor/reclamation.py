@@ -192,7 +192,6 @@ class Reclaimer:
             row[P_COMP_ZERO] = model.zero_compressed_size
             cap = int(vm.real_pages * self.page * cc.cache_percent / 100.0)
             row[P_COMP_CAP] = cap if cc.enabled else 0
-        self.out = np.zeros(max(1, max((v.real_pages for v in self.vms), default=1)), np.int64)
 
     # ---------------------------------------------------------------- per VM figures
 
