@@ -13,9 +13,18 @@ VM's memory every simulated second.
 
 The rate is accesses per second of wall time for ``machine.run`` alone (guest and
 host data planes, the Python engine and the control plane); building the machine is
-timed apart. One warm-up run loads the compiled data plane first.
+timed apart. Two short warm-up runs load the compiled data plane first: the scenario
+itself, and the scenario on a 64 MiB host, sharing from the first control step and
+short of memory soon (in the first run the host is not short of memory yet, so the
+kernels of sharing and ballooning would otherwise be loaded in the first timed run).
 
     python benchmarks/bench_overcommit.py [--accesses N] [--repeat R] [--json OUT]
+
+Where the time goes: profile it with py-spy, then split the samples of the timed runs
+(not the warm-up) by part of the simulator, the control plane's parts first:
+
+    py-spy record -r 250 -f raw -o prof.txt -- python benchmarks/bench_overcommit.py
+    python benchmarks/bench_overcommit.py --split prof.txt
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +89,70 @@ def scenario(seed: int = 1, scan_period: float = 1.0) -> dict[str, Any]:
     }
 
 
-def run_once(accesses: int, scan_period: float = 1.0) -> tuple[VirtualizedMachine, float, float]:
-    """Build and run the scenario; the machine, build seconds and run seconds."""
+def run_once(
+    accesses: int, scan_period: float = 1.0, data: dict[str, Any] | None = None
+) -> tuple[VirtualizedMachine, float, float]:
+    """Build and run the scenario (or ``data``); the machine, build seconds and run
+    seconds."""
+    if data is None:
+        data = scenario(scan_period=scan_period)
     start = time.perf_counter()
-    machine = build(scenario_from_dict(scenario(scan_period=scan_period), "<bench_overcommit>"))
+    machine = build(scenario_from_dict(data, "<bench_overcommit>"))
     assert isinstance(machine, VirtualizedMachine)
     built = time.perf_counter()
     machine.run(accesses=accesses)
     return machine, built - start, time.perf_counter() - built
+
+
+def timed_run(accesses: int, scan_period: float) -> tuple[VirtualizedMachine, float, float]:
+    """One of the runs the figures are of (a name of its own for --split to find)."""
+    return run_once(accesses, scan_period)
+
+
+#: The control plane's parts, for --split: the reclamation step's and the hypervisor's
+#: hooks around each host pass, by the Reclaimer method a sample is in (the first found).
+CONTROL = (
+    ("sharing scan", ("_scan",)),
+    ("ballooning", ("_balloon",)),
+    ("sampling", ("_sample",)),
+    ("allocation", ("_allocate",)),
+    ("swapping", ("_swap", "_enforce_limits")),
+    ("recording", ("_record",)),
+    ("the rest of the step", ("tick",)),
+    ("breaking sharing before a host pass", ("before_host_pass",)),
+    ("after a host pass", ("after_host_pass",)),
+)
+
+
+def part_of(stack: str) -> str:
+    """The part of the simulator a py-spy sample (its stack, ';'-joined) is in."""
+    for name, methods in CONTROL:
+        if any(f"Reclaimer.{method} " in stack for method in methods):
+            return f"control: {name} ({', '.join('Reclaimer.' + m for m in methods)})"
+    if "Reclaimer." in stack:
+        return "control: other hooks"
+    if "sync_contents " in stack:
+        return "host pass: content sync (sync_contents)"
+    if "_host_pass " in stack:
+        inner = stack.split("_host_pass ", 1)[1]
+        return "host data plane (Kernel.run)" if "Kernel.run " in inner else "host pass: rest"
+    if "Kernel.run " in stack:
+        return "guest data plane (Kernel.run)"
+    if "next_chunk " in stack:
+        return "drawing the workload"
+    return "rest of the engine (Python)"
+
+
+def split(profile: Path) -> dict[str, float]:
+    """The share of each part in the samples of a py-spy raw profile (``-f raw``) of this
+    script that fall in its timed runs (not the warm-up), largest first."""
+    counts: Counter[str] = Counter()
+    for line in profile.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if "timed_run " in stack and "EventLoop.run " in stack:
+            counts[part_of(stack)] += int(n)
+    total = sum(counts.values())
+    return {name: n / total for name, n in counts.most_common()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,12 +163,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan-period", type=float, default=1.0, help="sharing, simulated s")
     ap.add_argument("--no-warm-up", action="store_true", help="e.g. under a profiler")
     ap.add_argument("--json", type=Path, metavar="OUT", help="write the figures here")
+    ap.add_argument("--split", type=Path, metavar="PROFILE", help="split a py-spy raw profile")
     args = ap.parse_args(argv)
-    if not args.no_warm_up:
-        run_once(20_000)  # load the compiled data plane
+    if args.split is not None:
+        if not args.split.is_file():
+            ap.error(f"--split: no such file {args.split} (a py-spy profile, -f raw)")
+        shares = split(args.split)
+        if not shares:
+            ap.error(f"--split: {args.split} has no samples of this script's timed runs")
+        for name, share in shares.items():
+            print(f"{share:6.1%}  {name}")
+        control = sum(share for name, share in shares.items() if name.startswith("control"))
+        print(f"{control:6.1%}  the control plane in all")
+        return 0
+    if not args.no_warm_up:  # load the compiled data plane
+        run_once(20_000)
+        short = scenario(scan_period=0.05)
+        short["host"]["memory"] = "64MiB"
+        short["hypervisor"]["states"] = {"techniques": {"high": ["sharing"]}}
+        run_once(150_000, data=short)
     runs = []
     for _ in range(args.repeat):
-        machine, build_s, run_s = run_once(args.accesses, args.scan_period)
+        machine, build_s, run_s = timed_run(args.accesses, args.scan_period)
         runs.append(
             {
                 "build_seconds": build_s,
@@ -136,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "time_in_state": summary["time_in_state"],
         "reclaimed_pages": summary["reclaimed_pages"],
         "sharing_saved_pages": summary["sharing_saved_pages"],
-        "balloon_pages_at_end": sum(int(r["balloon_pages"]) for r in reclaimer.rows[-VMS:]),
+        "balloon_pages_at_end": sum(r.balloon_n for r in reclaimer.vms),
     }
     print(f"4 VMs nested, 1.5x, ballooning + sharing: {args.accesses:,} accesses")
     print(f"accesses/s (median of {args.repeat}): {report['accesses_per_second'] / 1e6:.2f} M"

@@ -100,11 +100,13 @@ def test_every_example_scenario_loads() -> None:
     names = [p.name for p in SCENARIOS]
     assert names == [
         "demand-paging.toml",
+        "fault-injection.toml",
         "idle-memory-tax.toml",
         "multiprogramming.toml",
         "no-virtual-memory.toml",
         "overcommit-ballooning.toml",
         "page-sharing.toml",
+        "soak.toml",
         "two-level-nested.toml",
         "two-level-shadow.toml",
     ]
@@ -786,6 +788,9 @@ def test_the_docs_describe_every_key() -> None:
         config.RegionConfig,
         config.TraceFile,
         config.RunConfig,
+        config.SwapFault,
+        config.VMCrash,
+        config.MemoryLoss,
     ]
     missing = [
         f"{m.__name__}.{name}"

@@ -8,6 +8,10 @@ host's frames, swap slots, shared frames and balloon pages are accounted for exa
 Any violation raises, so a run that ends is a run that lost nothing. Out-of-memory kills
 (a guest killing a process, the host stopping a VM) are allowed: the others go on.
 
+Half the machines also get injected faults (docs/reliability.md): host and guest swap
+devices that fail reads and writes or fill up, a VM that crashes, a host that loses
+memory; the check runs after each, too.
+
 MEMVIRT_PROPERTY_EXAMPLES=500 pytest tests/test_properties.py runs more examples.
 """
 
@@ -95,7 +99,28 @@ def machines(draw: Any) -> dict[str, Any]:
         state: draw(st.lists(st.sampled_from(everything), unique=True))
         for state in ("high", "clear", "soft", "hard", "low")
     }
+    faults: dict[str, Any] = {}
+    if draw(st.booleans()):
+        when = st.sampled_from([0.0, 0.002, 0.005, 0.01, 0.02])
+        devices = draw(st.lists(st.sampled_from(["host", *(vm["name"] for vm in vms)]),
+                                unique=True, max_size=2))  # fmt: skip
+        faults["swap"] = [
+            {
+                "device": device,
+                "read_error_rate": draw(st.sampled_from([0.0, 0.001, 0.02])),
+                "write_error_rate": draw(st.sampled_from([0.0, 0.05, 0.5, 1.0])),
+                "full_at": draw(st.none() | when),
+            }
+            for device in devices
+        ]
+        if draw(st.booleans()):
+            faults["vm_crash"] = [{"vm": draw(st.sampled_from(vms))["name"], "at": draw(when)}]
+        if draw(st.booleans()):
+            quarter = max(1, host_mib * 256 // 4)  # pages
+            amount = draw(st.integers(1, quarter)) * 4
+            faults["memory_loss"] = [{"at": draw(when), "amount": f"{amount}KiB"}]
     return {
+        "faults": faults,
         "host": {"memory": f"{host_mib}MiB"},
         "hypervisor": {
             "paging": draw(st.sampled_from(["nested", "shadow"])),
@@ -126,6 +151,9 @@ def test_no_page_is_lost_or_counted_twice_on_any_small_machine(data: dict[str, A
     event(f"ballooned: {any(vm['balloon_pages_max'] for vm in summary['vms'])}")
     event(f"shared: {any(vm['shared_pages_max'] for vm in summary['vms'])}")
     event(f"compressed: {any(vm['compressed_pages_max'] for vm in summary['vms'])}")
+    injected = summary.get("faults", {"injected": [], "swap_devices": {}})
+    errors = sum(sum(d.values()) for d in injected["swap_devices"].values())
+    event(f"faults: {len(injected['injected'])} timed, swap errors: {min(errors, 1)}")
     # the run ended under the check: nothing was lost; and the books balance at the end
     assert summary["host"]["free_pages"] >= 0
     for vm in summary["vms"]:

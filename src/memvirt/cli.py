@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -30,6 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from memvirt.config import ScenarioError
 from memvirt.kernel.kernel import AdmissionError, KernelError
 from memvirt.mmu.tlb import TLBConfig, TLBError, TLBLevel
 from memvirt.policies import UnknownPolicyError, policy_names
@@ -66,6 +67,12 @@ INPUT_ERRORS = (
     TLBError,
 )
 
+#: What can stop a scenario while it is loaded, built and run: a setting (ScenarioError), a
+#: kernel's refusal or a trace that cannot be read (INPUT_ERRORS), this machine's memory,
+#: or a trace file that went away or cannot be opened (OSError). Each ends as one line that
+#: names the scenario (:func:`in_scenario`).
+SCENARIO_ERRORS = (ScenarioError, *INPUT_ERRORS, MemoryError, OSError)
+
 
 def fail(message: str) -> NoReturn:
     """Print ``memvirt: error: message`` on standard error and exit with status 2."""
@@ -75,16 +82,60 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def in_scenario(scenario: Path | str, err: BaseException) -> str:
-    """The message of an error met while running ``scenario``, naming the scenario when the
-    message does not (a kernel's refusal, an out-of-memory condition of this machine)."""
+def in_scenario(scenario: Path | str, err: BaseException, case: Sequence[str] = ()) -> str:
+    """The message of an error met while loading, building or running ``scenario``, naming
+    the scenario when the message does not (a kernel's refusal, a trace that cannot be read,
+    an out-of-memory condition of this machine).
+
+    ``case`` is the ``--set`` overrides of this run that the user did not type (the demo's
+    second run): they are named with the scenario, so that the message says which run failed.
+    """
+    where = " ".join([str(scenario), *(f"--set {setting}" for setting in case)])
     if isinstance(err, MemoryError):
         return (
-            f"{scenario}: this machine has not enough memory to simulate it (every page is "
+            f"{where}: this machine has not enough memory to simulate it (every page is "
             "simulated in memory): make host.memory, the VMs' memory or the swap sizes smaller"
         )
-    text = str(err)
-    return text if text.startswith(str(scenario)) else f"{scenario}: {text}"
+    if isinstance(err, OSError):
+        # a trace file that vanished after the scenario was loaded, or cannot be read
+        text = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+    else:
+        text = str(err)
+    # a ScenarioError starts with the file (and line), and names an override it comes from
+    return text if text.startswith(f"{scenario}:") else f"{where}: {text}"
+
+
+def make_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    left: Collection[str] | None = None,
+    title: str | None = None,
+    caption: str | None = None,
+    left_titles: bool = False,
+    no_wrap: bool = False,
+) -> Table:
+    """A table of text cells, as every command prints them: the first column, which names
+    the row, left-aligned and the others (numbers) right-aligned; or, given ``left``, the
+    columns of those names left-aligned and the others right-aligned.
+
+    ``left_titles`` puts the title and caption at the left, over a group of tables;
+    ``no_wrap`` keeps every cell on one line. Titles, captions and headers are rich
+    markup: escape what comes from input.
+    """
+    table = Table(
+        title=title,
+        caption=caption,
+        show_header=True,
+        title_justify="left" if left_titles else "center",
+        caption_justify="left" if left_titles else "center",
+    )
+    for k, column in enumerate(columns):
+        at_left = k == 0 if left is None else column in left
+        table.add_column(column, justify="left" if at_left else "right", no_wrap=no_wrap)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def parse_tlb_level(text: str, option: str) -> TLBLevel:
@@ -236,10 +287,6 @@ def replay(
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
         return
-    console = Console()
-    table = Table(title=f"{policy}, {frames:,} frames", caption=str(trace), show_header=True)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
     rows = [
         ("accesses", out["accesses"]),
         ("reads / writes", f"{out['reads']:,} / {out['writes']:,}"),
@@ -256,9 +303,18 @@ def replay(
         ("fault rate", f"{out['faults'] / max(1, out['accesses']):.4f}"),
         ("simulation time", f"{out['seconds']:.3f} s"),
     ]
-    for name, value in rows:
-        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
-    console.print(table)
+    console = Console()
+    console.print(
+        make_table(
+            ("figure", "value"),
+            [
+                (name, f"{value:,}" if isinstance(value, int) else str(value))
+                for name, value in rows
+            ],
+            title=f"{policy}, {frames:,} frames",
+            caption=str(trace),
+        )
+    )
     for reason in result.killed:
         console.print(f"[yellow]killed:[/] {escape(reason)}")
     if bad_lines:
@@ -329,10 +385,6 @@ def trace_info(
     if as_json:
         sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
         return
-    console = Console()
-    table = Table(title=escape(f"{trace} ({trace_format})"), show_header=True)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
     rows: list[tuple[str, str]] = [
         ("accesses", f"{stats.accesses:,}"),
         ("  reads", f"{stats.reads:,}"),
@@ -343,22 +395,18 @@ def trace_info(
     ]
     if bad_lines:
         rows.append(("malformed lines skipped", f"{bad_lines:,}"))
-    for name, value in rows:
-        table.add_row(name, value)
-    console.print(table)
+    console = Console()
+    console.print(make_table(("figure", "value"), rows, title=escape(f"{trace} ({trace_format})")))
     if stats.accesses:
-        curve = Table(
-            title="LRU miss-ratio curve", caption="misses include first touches", show_header=True
-        )
-        for column in ("frames", "memory", "misses", "miss ratio"):
-            curve.add_column(column, justify="right")
-        for frames, misses in curve_points(stats.miss_ratio_curve, TABLE_CURVE_POINTS):
-            curve.add_row(
-                f"{frames:,}",
-                format_size(frames * stats.page_size),
-                f"{misses:,}",
-                f"{misses / stats.accesses:.4f}",
-            )
+        points = curve_points(stats.miss_ratio_curve, TABLE_CURVE_POINTS)
+        curve = make_table(
+            ("frames", "memory", "misses", "miss ratio"),
+            [(f"{frames:,}", format_size(frames * stats.page_size), f"{misses:,}",
+              f"{misses / stats.accesses:.4f}") for frames, misses in points],
+            left=(),  # every column is a number
+            title="LRU miss-ratio curve",
+            caption="misses include first touches",
+        )  # fmt: skip
         console.print(curve)
     if plot is not None:
         console.print(f"miss-ratio curve written to {plot}", markup=False)
@@ -662,6 +710,16 @@ def run_command(
             show_default=False,
         ),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="The check mode (run.check = true): after every quantum, every page touched "
+            "reads what was last written to it and, with VMs, every frame, swap slot and page "
+            "is accounted for once. A violation stops the run with the page's history; exit "
+            "status 1.",
+        ),
+    ] = False,
 ) -> None:
     """Run a scenario in simulated time and summarise it.
 
@@ -672,22 +730,32 @@ def run_command(
     the same VM with the same accesses, alone on a host with room for all its
     memory). On a terminal a progress bar shows how far the run is.
     """
-    from memvirt.config import ScenarioError, load_scenario
+    from memvirt.config import load_scenario
 
     show = _show_progress(quiet=quiet, as_json=as_json)
     with_alone = alone if alone is not None else not as_json
     if quiet and out is None:
         with_alone = False  # nothing is shown or written: no need to measure
     try:
-        loaded = load_scenario(scenario, settings or ())
+        checking = ["run.check=true"] if check else []
+        loaded = load_scenario(scenario, [*(settings or ()), *checking])
         result = _run(loaded, str(scenario), show)
         if with_alone and not loaded.is_native:
             _add_alone_throughputs(loaded, result.summary, show)
-        written = [] if out is None else write_outputs(result, out, title=scenario.stem)
-    except ScenarioError as err:
-        fail(str(err))
-    except (*INPUT_ERRORS, MemoryError) as err:
+    except SCENARIO_ERRORS as err:
         fail(in_scenario(scenario, err))
+    except AssertionError as err:
+        from memvirt.engine.native import ContentError  # loaded by the run already
+
+        if not isinstance(err, ContentError):
+            raise
+        # the check mode found a page lost, mixed up or counted twice
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold red]memvirt: check failed:[/] {escape(str(scenario))}: {escape(str(err))}"
+        )
+        raise typer.Exit(1) from None
+    try:
+        written = [] if out is None else write_outputs(result, out, title=scenario.stem)
     except OSError as err:
         fail(f"{err.filename or out}: {err.strerror or err}")
     summary = result.summary
@@ -723,20 +791,19 @@ def _print_processes(console: Console, scenario: Path, summary: dict[str, Any]) 
         f"{host['physical_pages']:,} frames of {host['page_size']:,} B, "
         f"virtual/physical {summary['virtual_memory_ratio']:.2f}"
     )
-    table = Table(show_header=True)
-    for column in ("process", "accesses", "faults", "major", "writebacks", "TLB misses",
-                   "throughput /s", "ended"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("process", "ended") else "right")
-    for p in summary["processes"]:
-        ended = "killed" if p["killed"] else ("finished" if p["finished"] else "running")
-        table.add_row(
-            p["name"], f"{p['accesses']:,}", f"{p['faults']:,}", f"{p['major_faults']:,}",
-            f"{p['writebacks']:,}", f"{p['tlb_misses']:,}", f"{p['throughput']:,.0f}", ended,
-        )  # fmt: skip
-    console.print(table)
+    rows = [
+        (p["name"], f"{p['accesses']:,}", f"{p['faults']:,}", f"{p['major_faults']:,}",
+         f"{p['writebacks']:,}", f"{p['tlb_misses']:,}", f"{p['throughput']:,.0f}",
+         "killed" if p["killed"] else ("finished" if p["finished"] else "running"))
+        for p in summary["processes"]
+    ]  # fmt: skip
+    columns = ("process", "accesses", "faults", "major", "writebacks", "TLB misses",
+               "throughput /s", "ended")  # fmt: skip
+    console.print(make_table(columns, rows, left=("process", "ended")))
     for p in summary["processes"]:
         if p["killed"]:
             console.print(f"[yellow]{escape(p['name'])}:[/] {escape(p['killed'])}")
+    _print_faults(console, summary)
 
 
 def _pages(count: int, page_size: int) -> str:
@@ -752,83 +819,93 @@ def _print_vms(console: Console, scenario: Path, summary: dict[str, Any]) -> Non
         f"[bold]{escape(str(scenario))}[/]: {summary['simulated_seconds']:.3f} simulated s, "
         f"{summary['mode']} paging, {len(summary['vms'])} VMs"
     )
-    table = Table(title="host", show_header=True, title_justify="left")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_row("physical memory", f"{format_size(host['physical_pages'] * ps)} "
-                  f"({host['physical_pages']:,} pages)")  # fmt: skip
-    table.add_row("free at the end", f"{format_size(host['free_pages'] * ps)} "
-                  f"({host['free_pages']:,} pages)")  # fmt: skip
+
+    def pages(key: str) -> str:
+        return f"{format_size(host[key] * ps)} ({host[key]:,} pages)"
+
+    rows = [("physical memory", pages("physical_pages")), ("free at the end", pages("free_pages"))]
     if "min_free_pages" in host:
-        table.add_row("minFree", f"{format_size(host['min_free_pages'] * ps)} "
-                      f"({host['min_free_pages']:,} pages)")  # fmt: skip
-        table.add_row("state at the end", str(host["state"]))
-        for state, seconds in host["time_in_state"].items():
-            table.add_row(f"time in {state}", f"{seconds:.2f} s")
-        for technique, pages in host["reclaimed_pages"].items():
-            table.add_row(f"reclaimed by {technique}", f"{pages:,} pages")
-    table.add_row("overcommitment (real / physical)", f"{summary['overcommit_ratio']:.2f}x")
-    console.print(table)
+        rows += [("minFree", pages("min_free_pages")), ("state at the end", str(host["state"]))]
+        rows += [(f"time in {state}", f"{seconds:.2f} s")
+                 for state, seconds in host["time_in_state"].items()]  # fmt: skip
+        rows += [(f"reclaimed by {technique}", f"{count:,} pages")
+                 for technique, count in host["reclaimed_pages"].items()]  # fmt: skip
+    rows.append(("overcommitment (real / physical)", f"{summary['overcommit_ratio']:.2f}x"))
+    console.print(make_table(("figure", "value"), rows, title="host", left_titles=True))
 
     vms = summary["vms"]
-    memory = Table(title="VM memory (most at any control step)", title_justify="left")
-    for column in ("VM", "real memory", "resident", "balloon", "shared", "compressed",
-                   "host-swapped"):  # fmt: skip
-        memory.add_column(column, justify="left" if column == "VM" else "right")
-    for vm in vms:
-        memory.add_row(
-            vm["name"], _pages(vm["real_pages"], ps), _pages(vm["host_resident_pages"], ps),
-            _pages(vm.get("balloon_pages_max", 0), ps), _pages(vm.get("shared_pages_max", 0), ps),
-            _pages(vm.get("compressed_pages_max", 0), ps),
-            _pages(vm.get("host_swapped_pages_max", 0), ps),
-        )  # fmt: skip
-    console.print(memory)
+    memory = [
+        (vm["name"], _pages(vm["real_pages"], ps), _pages(vm["host_resident_pages"], ps),
+         _pages(vm.get("balloon_pages_max", 0), ps), _pages(vm.get("shared_pages_max", 0), ps),
+         _pages(vm.get("compressed_pages_max", 0), ps),
+         _pages(vm.get("host_swapped_pages_max", 0), ps))
+        for vm in vms
+    ]  # fmt: skip
+    columns: tuple[str, ...] = ("VM", "real memory", "resident", "balloon", "shared",
+                                "compressed", "host-swapped")  # fmt: skip
+    title = "VM memory (most at any control step)"
+    console.print(make_table(columns, memory, title=title, left_titles=True))
     console.print("  resident: the VM's real pages in host frames at the end", highlight=False)
 
-    faults = Table(title="VM faults", title_justify="left")
-    for column in ("VM", "guest faults", "guest swap-ins", "host faults", "host swap-ins",
-                   "double paging"):  # fmt: skip
-        faults.add_column(column, justify="left" if column == "VM" else "right")
-    for vm in vms:
-        faults.add_row(
-            vm["name"], f"{vm['guest_faults']:,}", f"{vm['guest_swap_ins']:,}",
-            f"{vm['host_faults']:,}", f"{vm['host_swap_ins']:,}",
-            f"{vm.get('double_paging_reads', 0):,}",
-        )  # fmt: skip
-    console.print(faults)
+    faults = [
+        (vm["name"], f"{vm['guest_faults']:,}", f"{vm['guest_swap_ins']:,}",
+         f"{vm['host_faults']:,}", f"{vm['host_swap_ins']:,}",
+         f"{vm.get('double_paging_reads', 0):,}")
+        for vm in vms
+    ]  # fmt: skip
+    columns = ("VM", "guest faults", "guest swap-ins", "host faults", "host swap-ins",
+               "double paging")  # fmt: skip
+    console.print(make_table(columns, faults, title="VM faults", left_titles=True))
 
-    translation = Table(title="VM address translation", title_justify="left")
-    for column in ("VM", "TLB misses", "walk references", "VM exits"):
-        translation.add_column(column, justify="left" if column == "VM" else "right")
-    for vm in vms:
-        translation.add_row(vm["name"], f"{vm['tlb_misses']:,}",
-                            f"{vm['walk_memory_references']:,}", f"{vm['vm_exits']:,}")  # fmt: skip
-    console.print(translation)
+    translation = [
+        (vm["name"], f"{vm['tlb_misses']:,}", f"{vm['walk_memory_references']:,}",
+         f"{vm['vm_exits']:,}")
+        for vm in vms
+    ]  # fmt: skip
+    columns = ("VM", "TLB misses", "walk references", "VM exits")
+    console.print(make_table(columns, translation, title="VM address translation",
+                             left_titles=True))  # fmt: skip
 
     alone = all("throughput_alone" in vm for vm in vms)
-    speed = Table(title="VM throughput (accesses per simulated second)", title_justify="left")
-    columns = ["VM", "accesses", "throughput"]
-    if alone:
-        columns += ["throughput alone", "of alone"]
-    for column in columns:
-        speed.add_column(column, justify="left" if column == "VM" else "right", no_wrap=True)
+    speed = []
     for vm in vms:
         row = [vm["name"], f"{vm['accesses']:,}", f"{vm['throughput']:,.0f}"]
         if alone:
             base = vm["throughput_alone"]
             row += [f"{base:,.0f}", f"{vm['throughput'] / base:.0%}" if base else "—"]
-        speed.add_row(*row)
-    console.print(speed)
+        speed.append(row)
+    columns = ("VM", "accesses", "throughput") + (("throughput alone", "of alone") if alone else ())
+    title = "VM throughput (accesses per simulated second)"
+    console.print(make_table(columns, speed, title=title, left_titles=True, no_wrap=True))
     if alone:
         console.print(
             "  throughput alone: the same VM, alone with room for all its memory",
             highlight=False,
         )
     for vm in vms:
+        if vm.get("stop_reason"):
+            console.print(f"[yellow]{escape(vm['name'])} stopped:[/] {escape(vm['stop_reason'])}")
         for p in vm["processes"]:
             if p["killed"]:
                 console.print(f"[yellow]{escape(vm['name'])}/{escape(p['name'])}:[/] "
                               f"{escape(p['killed'])}")  # fmt: skip
+    _print_faults(console, summary)
+
+
+def _print_faults(console: Console, summary: dict[str, Any]) -> None:
+    """The faults injected ([faults]) and what the simulated system did."""
+    faults = summary.get("faults")
+    if faults is None:
+        return
+    rows = [(f"{e['time_s']:g} s", e["kind"], e["target"], e["outcome"])
+            for e in faults["injected"]]  # fmt: skip
+    rows += [
+        ("all run", "swap errors", f"swap:{device}",
+         f"{c['swap_read_errors']:,} reads and {c['swap_write_errors']:,} writes failed")
+        for device, c in faults["swap_devices"].items()
+    ]  # fmt: skip
+    columns = ("when", "fault", "target", "outcome")
+    console.print(make_table(columns, rows, left=columns, title="faults injected"))
 
 
 # ------------------------------------------------------------------- comparing runs
@@ -987,13 +1064,12 @@ def comparison_table(labels: Sequence[str], rows: Sequence[tuple[str, list[Any]]
         notes.append("major faults: swap-ins (with VMs, the guests' and the host's)")
     if any(name.startswith("reclaimed: ") for name in names):
         notes.append("reclaimed: pages taken back by each technique")
-    table = Table(show_header=True, caption="; ".join(notes) or None, caption_justify="left")
-    table.add_column("")
-    for label in labels:
-        table.add_column(escape(label), justify="right")
-    for name, values in rows:
-        table.add_row(escape(name), *(_cell(v) for v in values))
-    return table
+    return make_table(
+        ["", *(escape(label) for label in labels)],
+        [(escape(name), *(_cell(v) for v in values)) for name, values in rows],
+        caption="; ".join(notes) or None,
+        left_titles=True,
+    )
 
 
 def column_labels(paths: Sequence[Path]) -> list[str]:
@@ -1022,6 +1098,24 @@ def read_summary(path: Path) -> dict[str, Any]:
     if not isinstance(summary, dict) or "schema_version" not in summary:
         raise SummaryError(f"{file}: expected a memvirt summary (an object with schema_version)")
     return summary
+
+
+def _summary_to_compare(path: Path, settings: Sequence[str], show: bool) -> dict[str, Any]:
+    """The summary of one of ``memvirt compare``'s runs: a finished run's summary.json, or a
+    scenario file, run now (an error while it runs ends the command, naming the file)."""
+    from memvirt.config import load_scenario
+
+    if not path.exists():
+        raise SummaryError(
+            f"{path}: no such file or directory: expected a scenario file or a "
+            "directory written by 'memvirt run --out'"
+        )
+    if path.is_dir() or path.suffix == ".json":
+        return read_summary(path)
+    try:
+        return _run(load_scenario(path, settings), str(path), show).summary
+    except SCENARIO_ERRORS as err:
+        fail(in_scenario(path, err))
 
 
 @app.command("compare")
@@ -1056,29 +1150,13 @@ def compare_command(
     throughput and faults). --json prints {"columns": [...], "rows": [{"metric",
     "values"}]}.
     """
-    from memvirt.config import ScenarioError, load_scenario
-
     show = _show_progress(as_json=as_json)
-    summaries: list[dict[str, Any]] = []
     try:
-        for path in runs:
-            if not path.exists():
-                raise SummaryError(
-                    f"{path}: no such file or directory: expected a scenario file or a "
-                    "directory written by 'memvirt run --out'"
-                )
-            if path.is_dir() or path.suffix == ".json":
-                summaries.append(read_summary(path))
-            else:
-                summaries.append(_run(load_scenario(path, settings or ()), str(path), show).summary)
+        summaries = [_summary_to_compare(path, settings or (), show) for path in runs]
         rows = metric_rows(summaries, metrics) if metrics else comparison_rows(summaries)
-    except ScenarioError as err:
-        fail(str(err))
-    except INPUT_ERRORS as err:
-        fail(str(err))
-    except OSError as err:
+    except OSError as err:  # a summary.json that cannot be read
         fail(f"{err.filename}: {err.strerror or err}")
-    except ValueError as err:  # an unknown metric, a summary that cannot be read
+    except ValueError as err:  # an unknown metric, a summary that is not one
         fail(str(err))
     if as_json:
         labels = [str(p) for p in runs]
@@ -1147,7 +1225,8 @@ def demo_command(
     """
     from importlib.resources import as_file
 
-    from memvirt.config import ScenarioError, load_scenario
+    from memvirt.config import load_scenario
+    from memvirt.report import write_report
     from memvirt.scenarios import scenario_path
 
     console = Console(highlight=False)
@@ -1157,26 +1236,25 @@ def demo_command(
         "balloons and once with hypervisor swapping only."
     )
     results: list[tuple[str, RunResult]] = []
-    try:
-        with as_file(scenario_path()) as path:
-            base = load_scenario(path)
-            for label, subdir, overrides in DEMO_RUNS:
-                scenario = base.with_overrides(overrides) if overrides else base
-                result = _run(scenario, label, show)
+    with as_file(scenario_path()) as path:
+        for label, subdir, overrides in DEMO_RUNS:
+            try:
+                result = _run(load_scenario(path, overrides), label, show)
+            except SCENARIO_ERRORS as err:
+                # the path of the packaged demo.toml, and which of the two runs it was
+                fail(in_scenario(path, err, overrides))
+            try:
                 write_outputs(result, out / subdir, title=f"memvirt demo: {label}", report=False)
-                results.append((label, result))
-        from memvirt.report import write_report
-
+            except OSError as err:
+                fail(f"{err.filename or out}: {err.strerror or err}")
+            results.append((label, result))
+    try:
         (_, first), _ = results
         report = write_report(
             first.summary, first.timeseries, out,
             title="memvirt demo: ballooning against hypervisor swapping",
             comparison=[(label, r.summary) for label, r in results],
         )  # fmt: skip
-    except ScenarioError as err:
-        fail(str(err))
-    except INPUT_ERRORS as err:
-        fail(str(err))
     except OSError as err:
         fail(f"{err.filename or out}: {err.strerror or err}")
     summaries = [r.summary for _, r in results]
@@ -1203,16 +1281,16 @@ def explain_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a scenario, then show one translation step by step: every level of the walk."""
-    from memvirt.config import ScenarioError, load_scenario
+    from memvirt.config import load_scenario
     from memvirt.engine.explain import explain
 
     try:
-        loaded = load_scenario(scenario, settings or ())
         va = None if address is None else _parse_address(address)
-        out = explain(loaded, vm=vm, process=process, address=va)
-    except ScenarioError as err:
+    except TraceError as err:  # the option's fault, not the scenario's
         fail(str(err))
-    except (*INPUT_ERRORS, MemoryError) as err:
+    try:
+        out = explain(load_scenario(scenario, settings or ()), vm=vm, process=process, address=va)
+    except SCENARIO_ERRORS as err:
         fail(in_scenario(scenario, err))
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -1225,27 +1303,25 @@ def explain_command(
         f"{out['virtual_address']:#x} ({out['mode']} paging, {out['guest_levels']}-level "
         + (f"guest and {out['host_levels']}-level host tables)" if two_level else "table)")
     )
-    table = Table(show_header=True)
     columns = ["level", "table frame", "index", "entry address", "entry"]
     if two_level:
         columns = ["level", "table (real page)", "index", "entry: real address",
                    "physical address", "host refs", "entry"]  # fmt: skip
-    for column in columns:
-        table.add_column(column, justify="left" if column == "entry" else "right")
+    rows: list[tuple[str, ...]] = []
     for step in out["steps"]:
         if two_level:
             pa = step["entry_physical_address"]
-            table.add_row(
+            rows.append((
                 str(step["level"]), str(step["table_real_frame"]), str(step["index"]),
                 f"{step['entry_real_address']:#x}", "swapped" if pa is None else f"{pa:#x}",
                 str(len(step["host_steps"])), escape(step["meaning"]),
-            )  # fmt: skip
+            ))  # fmt: skip
         else:
-            table.add_row(
+            rows.append((
                 str(step["level"]), str(step["table_frame"]), str(step["index"]),
                 f"{step['entry_address']:#x}", escape(step["meaning"]),
-            )  # fmt: skip
-    console.print(table)
+            ))  # fmt: skip
+    console.print(make_table(columns, rows, left=("entry",)))
     if two_level and out["real_address"] is not None:
         console.print(
             f"real address: {out['real_address']:#x}, translated by the host table in "

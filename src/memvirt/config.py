@@ -657,6 +657,11 @@ class HypervisorConfig(BaseModel):
         description="simulated seconds between the hypervisor's reclamation steps (ESX's "
         "balloon driver polls its target once a second: Waldspurger, OSDI 2002, 3.2)",
     )
+    timeseries_period: Seconds | None = Field(
+        None,
+        description="simulated seconds between the rows of timeseries.parquet (none: a row "
+        "per VM at every control step); a long run keeps fewer",
+    )
     states: StatesConfig = Field(
         default_factory=lambda: StatesConfig(), description="the free-memory states (ESXi)"
     )
@@ -971,6 +976,79 @@ class RunConfig(BaseModel):
         return self
 
 
+# --------------------------------------------------------------------------- faults
+
+#: A fraction of operations, from 0 (never) to 1 (always).
+Rate = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+#: A simulated time from the start of the run, in seconds.
+At = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class SwapFault(BaseModel):
+    """A swap device that fails: errors at a rate, or filling up at a time."""
+
+    model_config = _MODEL
+
+    device: Name = Field(
+        "host",
+        description="\"host\": the host's swap (the hypervisor's host_swap with VMs, host.swap "
+        "natively); a VM's name: that guest's own swap",
+    )
+    read_error_rate: Rate = Field(
+        0.0,
+        description="fraction of swap reads that fail: the page's only copy is lost, its "
+        "process dies of a bus error (a VM: the VM is stopped)",
+    )
+    write_error_rate: Rate = Field(
+        0.0,
+        description="fraction of swap writes that fail: the page stays in memory, dirty, and "
+        "another victim is tried",
+    )
+    full_at: At | None = Field(
+        None,
+        description="simulated second at which the device fills up: its free slots are "
+        "taken by something else and never given back",
+    )
+
+
+class VMCrash(BaseModel):
+    """A VM that crashes: the hypervisor stops it and frees its memory."""
+
+    model_config = _MODEL
+
+    vm: Name = Field(description="the VM that crashes")
+    at: At = Field(description="simulated second of the crash")
+
+
+class MemoryLoss(BaseModel):
+    """The host loses physical memory (a failed memory module, memory taken offline)."""
+
+    model_config = _MODEL
+
+    at: At = Field(description="simulated second at which the memory is lost")
+    amount: PositiveBytes = Field(
+        description="bytes lost, a whole number of pages; the pages in them are evicted "
+        "first, and if that cannot be done VMs (natively, processes) are stopped"
+    )
+
+
+class FaultsConfig(BaseModel):
+    """Faults injected into the run (docs/reliability.md): none by default."""
+
+    model_config = _MODEL
+
+    swap: tuple[SwapFault, ...] = Field((), description="failing swap devices ([[faults.swap]])")
+    vm_crash: tuple[VMCrash, ...] = Field((), description="VMs that crash ([[faults.vm_crash]])")
+    memory_loss: tuple[MemoryLoss, ...] = Field(
+        (), description="physical memory the host loses ([[faults.memory_loss]])"
+    )
+
+    @property
+    def any(self) -> bool:
+        """True when some fault is injected."""
+        return bool(self.swap or self.vm_crash or self.memory_loss)
+
+
 # ------------------------------------------------------------------------- scenario
 
 
@@ -1001,6 +1079,9 @@ class Scenario(BaseModel):
         (), description="processes of a native machine (with VMs, processes go inside them)"
     )
     run: RunConfig = Field(description="when the run stops, and its seed")
+    faults: FaultsConfig = Field(
+        default_factory=FaultsConfig, description="faults injected into the run"
+    )
 
     _origin: _Origin | None = PrivateAttr(None)
 
@@ -1104,6 +1185,7 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
 
     bounded(("host", "memory"), host.memory)
     bounded(("host", "swap", "size"), host.swap.size)
+    _check_faults(found, s, whole)
     geometry = host.geometry()
     need = host.huge_pages * geometry.huge_page_size
     if need > host.memory:
@@ -1189,6 +1271,40 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
             f"({_size(host.memory)}): they could not all be honoured",
         )
     return found
+
+
+def _check_faults(found: _Found, s: Scenario, whole: Any) -> None:
+    """Faults name devices and VMs that exist, and lose less memory than the host has."""
+    names = [vm.name for vm in s.vms]
+    devices = ["host", *names]
+    seen: dict[str, int] = {}
+    for i, fault in enumerate(s.faults.swap):
+        loc: Loc = ("faults", "swap", i, "device")
+        if fault.device not in devices:
+            found.add(loc, fault.device, f"is not a swap device: one of {', '.join(devices)}")
+        elif fault.device in seen:
+            found.add(loc, fault.device, f"is the device of faults.swap.{seen[fault.device]} too")
+        seen.setdefault(fault.device, i)
+    for i, crash in enumerate(s.faults.vm_crash):
+        if not names:
+            found.add(("faults", "vm_crash", i), None, "a native scenario has no VM to crash")
+        elif crash.vm not in names:
+            found.add(("faults", "vm_crash", i, "vm"), crash.vm,
+                      f"is not a VM of the scenario: one of {', '.join(names)}")  # fmt: skip
+    lost = 0
+    if s.faults.memory_loss and not s.host.virtual_memory:
+        message = "a machine without virtual memory cannot give memory up page by page"
+        found.add(("faults", "memory_loss"), None, message)
+    for i, loss in enumerate(s.faults.memory_loss):
+        whole(("faults", "memory_loss", i, "amount"), loss.amount)
+        lost += loss.amount
+        if lost >= s.host.memory:
+            found.add(
+                ("faults", "memory_loss", i, "amount"),
+                loss.amount,
+                f"the losses add up to {_size(lost)}: less than host.memory "
+                f"({_size(s.host.memory)}) must be lost",
+            )
 
 
 def _check_processes(

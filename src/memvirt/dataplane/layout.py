@@ -100,7 +100,9 @@ C_TABLE_ALLOCS = 15
 C_DIRTY_UPDATES = 16  # write hits on a clean TLB entry that set the PTE's dirty bit
 C_COMPRESSIONS = 17  # pages compressed into the compression cache instead of written to swap
 C_DECOMPRESSIONS = 18  # faults served from the compression cache (counted in C_MAJOR too)
-N_PCTR = 19
+C_SWAP_READ_ERRORS = 19  # swap-ins that failed (an injected fault): the page is lost
+C_SWAP_WRITE_ERRORS = 20  # swap writes that failed (an injected fault): the page stayed
+N_PCTR = 21
 
 # --- scalar state --------------------------------------------------------------
 S_FREE_TOP = 0  # entries on the free-frame stack
@@ -118,7 +120,8 @@ S_LAST_ASID = 11  # address space last run, for flush-on-switch
 S_TLB_FLUSHES = 12
 S_REC_N = 13  # entries written to the walk record
 S_RING_N = 14  # evictions written to the eviction ring
-N_STATE = 15
+S_FAULT_RNG = 15  # xorshift64* state of the injected swap errors (apart from S_RNG)
+N_STATE = 16
 
 # --- configuration ---------------------------------------------------------------
 K_LEVELS = 0
@@ -136,7 +139,10 @@ K_HAS_HUGE = 11
 K_RECORD = 12  # 1: record the frames every walk reads (for a hypervisor below)
 K_RING = 13  # 1: log every eviction (owner, vpn, frame, written) in the eviction ring
 K_COMPRESS = 14  # 1: evictions try the compression cache before swap
-N_CFG = 15
+# injected swap errors: a read (write) fails when 63 random bits fall below this (0: never)
+K_SWAP_READ_FAIL = 15
+K_SWAP_WRITE_FAIL = 16
+N_CFG = 17
 
 # eviction ring columns
 RING_OWNER = 0
@@ -158,11 +164,14 @@ STOP_DONE = 0
 STOP_SEGFAULT = 1
 STOP_OOM = 2  # a frame or swap slot is needed and none can be had
 STOP_NEED_TABLES = 3  # the table-page pool must grow (control plane)
-STOP_SIGBUS = 4  # the huge-page pool is exhausted
+STOP_SIGBUS = 4  # a bus error: the huge-page pool is exhausted, or a swap read failed
 STOP_RECORD_FULL = 5  # the walk record is full: the layer above must drain it
 
 SEGV_NO_REGION = 1
 SEGV_READ_ONLY = 2
+# why a bus error happened (S_FAULT_KIND after STOP_SIGBUS)
+BUS_NO_HUGE_PAGE = 1
+BUS_SWAP_READ = 2
 
 # TLB entry value: frame number above three bits
 TV_DIRTY = 1

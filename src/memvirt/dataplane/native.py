@@ -23,6 +23,8 @@ from numba.typed import Dict
 
 from .jit import inlined, kernel
 from .layout import (
+    BUS_NO_HUGE_PAGE,
+    BUS_SWAP_READ,
     C_ACCESSES,
     C_CLEAN_DROPS,
     C_COMPRESSIONS,
@@ -32,6 +34,8 @@ from .layout import (
     C_MAJOR,
     C_MINOR,
     C_READS,
+    C_SWAP_READ_ERRORS,
+    C_SWAP_WRITE_ERRORS,
     C_TABLE_ALLOCS,
     C_TLB1_HITS,
     C_TLB1_MISSES,
@@ -65,6 +69,8 @@ from .layout import (
     K_POLICY,
     K_RECORD,
     K_RING,
+    K_SWAP_READ_FAIL,
+    K_SWAP_WRITE_FAIL,
     K_TLB1_SETS,
     K_TLB1_WAYS,
     K_TLB2_SETS,
@@ -112,6 +118,7 @@ from .layout import (
     RING_WRITTEN,
     RMAP_SHIFT,
     S_FAULT_KIND,
+    S_FAULT_RNG,
     S_FAULT_VPN,
     S_FREE_TOP,
     S_HUGE_TOP,
@@ -161,6 +168,21 @@ def rng_next(st: np.ndarray) -> int:
     x ^= x >> np.uint64(27)
     st[S_RNG] = np.int64(x)
     return np.int64((x * np.uint64(2685821657736338717)) >> np.uint64(1))
+
+
+@kernel
+def swap_fails(st: np.ndarray, threshold: int) -> bool:
+    """True when an injected swap error strikes: 63 bits of the fault stream (its own
+    xorshift64* state, ``st[S_FAULT_RNG]``, so that the policies' draws do not move) fall
+    below ``threshold``. Draws nothing when ``threshold`` is 0."""
+    if threshold <= 0:
+        return False
+    x = np.uint64(st[S_FAULT_RNG])
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    st[S_FAULT_RNG] = np.int64(x)
+    return np.int64((x * np.uint64(2685821657736338717)) >> np.uint64(1)) < threshold
 
 
 # ---------------------------------------------------------------------------
@@ -500,18 +522,30 @@ def compressed_bytes(proc: np.ndarray, q: int, token: int) -> int:
     return np.int64(COMPRESSION_LIMIT + 1 + np.floor(s * (PAGE_BYTES - COMPRESSION_LIMIT)))
 
 
+#: Victims an eviction tries when swap writes fail (an injected fault) before it gives up.
+WRITE_RETRIES = 16
+
+
 def _evict(m: Machine, lid: int) -> bool:
     """Take one page out of memory from list ``lid``; False when none can be taken.
 
     A dirty page is written to a free swap slot; a clean page whose swap copy
     is current is dropped without a write; a clean page never written reads
     back as zeros and is dropped. False also when a dirty victim needs a slot
-    and swap is full.
+    and swap is full. When a write fails (an injected swap error), the page
+    stays and the policy picks another victim, up to :data:`WRITE_RETRIES`
+    times, as Linux redirties a page whose write-back failed and reclaims
+    others.
     """
-    f = pick_victim(m, lid)
-    if f < 0:
-        return False
-    return evict_frame(m, lid, f)
+    for _ in range(WRITE_RETRIES):
+        f = pick_victim(m, lid)
+        if f < 0:
+            return False
+        if evict_frame(m, lid, f):
+            return True
+        if m.st[S_SWAP_TOP] == 0:  # swap is full: no other victim would do better
+            return False
+    return False
 
 
 def _evict_frame(m: Machine, lid: int, f: int) -> bool:
@@ -521,6 +555,10 @@ def _evict_frame(m: Machine, lid: int, f: int) -> bool:
     or less and fits in its owner's compression cache goes there instead of to
     the device: it still takes a swap slot (the slot holds the content), marked
     compressed with its size, and no write is made.
+
+    A write to the device may fail (``K_SWAP_WRITE_FAIL``, an injected fault): the slot
+    goes back, the page stays in memory, dirty, moved to the list's most recent end so
+    that the next victim is another page, and False is returned.
     """
     q = m.fi32[f, F_OWNER]
     vpn = m.fi64[f, G_VPN]
@@ -540,6 +578,14 @@ def _evict_frame(m: Machine, lid: int, f: int) -> bool:
             if size > COMPRESSION_LIMIT or m.proc[q, P_COMP_BYTES] + size > m.proc[q, P_COMP_CAP]:
                 size = 0
         written = 1  # a copy is stored, on the device or in the compression cache
+        if size == 0 and swap_fails(m.st, m.cfg[K_SWAP_WRITE_FAIL]):
+            m.swap_owner[slot] = -1
+            m.swap_free[m.st[S_SWAP_TOP]] = slot
+            m.st[S_SWAP_TOP] += 1
+            m.pctr[q, C_SWAP_WRITE_ERRORS] += 1
+            list_remove(m.lists, m.fi32, lid, f)
+            list_append(m.lists, m.fi32, lid, f)
+            return False
         if size > 0:
             m.swap_csize[slot] = size
             m.proc[q, P_COMPRESSED] += 1
@@ -660,6 +706,7 @@ def page_fault(
             return -1, -1, STOP_NEED_TABLES
         if huge and m.st[S_HUGE_TOP] == 0:
             m.st[S_FAULT_VPN] = vpn
+            m.st[S_FAULT_KIND] = BUS_NO_HUGE_PAGE
             return -1, -1, STOP_SIGBUS
         t, idx = build_path(m, pid, vpn, leaf_level)
         if t < 0:
@@ -673,6 +720,7 @@ def page_fault(
         # a huge page from the pool: pinned, never on a replacement list
         if m.st[S_HUGE_TOP] == 0:
             m.st[S_FAULT_VPN] = vpn
+            m.st[S_FAULT_KIND] = BUS_NO_HUGE_PAGE
             return -1, -1, STOP_SIGBUS
         m.st[S_HUGE_TOP] -= 1
         base = m.huge_free[m.st[S_HUGE_TOP]]
@@ -687,6 +735,15 @@ def page_fault(
         m.proc[pid, P_RESIDENT] += huge_span
         m.pctr[pid, C_MINOR] += 1
         return base + (vpn & (huge_span - 1)), tv | (base << TV_SHIFT) | TV_HUGE, 0
+    e = m.tables[t, idx]
+    swapped_out = (e & PTE_SWAPPED) != 0 and m.swap_csize[e >> PTE_SHIFT] == 0
+    if swapped_out and swap_fails(m.st, m.cfg[K_SWAP_READ_FAIL]):
+        # the device could not read the page back (an injected fault): its only copy is
+        # lost, so the process gets a bus error, as Linux's do_swap_page gives SIGBUS
+        m.pctr[pid, C_SWAP_READ_ERRORS] += 1
+        m.st[S_FAULT_VPN] = vpn
+        m.st[S_FAULT_KIND] = BUS_SWAP_READ
+        return -1, -1, STOP_SIGBUS
     f = take_frame(m, pid, True)
     if f < 0:
         m.st[S_FAULT_VPN] = vpn

@@ -58,6 +58,7 @@ from .layout import (
     RMAP_SHIFT,
     S_FREE_TOP,
     S_HUGE_TOP,
+    S_SWAP_TOP,
 )
 from .native import (
     evict_called,
@@ -254,7 +255,7 @@ def pick_frames(m: Machine, pid: int, n: int, lru: bool, out: np.ndarray) -> int
 def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
     """Take the pages in the first ``n`` of ``frames`` out of memory (written to swap,
     compressed, or dropped, as an eviction does). Returns how many left: fewer when swap
-    is full."""
+    is full, or when a write to it failed (an injected fault: that page stays)."""
     done = 0
     for k in range(n):
         f = frames[k]
@@ -262,7 +263,9 @@ def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
         if q < 0 or (m.fi32[f, F_FLAGS] & _PINNED_OR_TABLE) != 0:
             continue
         if not evict_frame_called(m, list_id(m, q), f):
-            break
+            if m.st[S_SWAP_TOP] == 0:
+                break
+            continue
         done += 1
     return done
 

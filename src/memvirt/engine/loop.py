@@ -7,7 +7,9 @@ the cost model). Ties are broken by the order the CPUs were added, so a run
 is deterministic by construction (a heap of ``(time, sequence, cpu)``, as
 SimPy orders its events). Management tasks that must run at simulated
 times — sampling, rebalancing — are CPUs of their own whose quantum is a
-period.
+period. A *daemon* (injected faults waiting for their time) runs only while
+some other CPU does: it never keeps the loop, or the simulated clock, going
+on its own.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class _Entry:
     seq: int
     name: str = field(compare=False)
     turn: Turn = field(compare=False)
+    daemon: bool = field(default=False, compare=False)
 
 
 class EventLoop:
@@ -35,12 +38,15 @@ class EventLoop:
     def __init__(self) -> None:
         self._heap: list[_Entry] = []
         self._seq = 0
+        self._live = 0  # entries that are not daemons
         self.now = 0.0
 
-    def add(self, name: str, turn: Turn, start_ns: float = 0.0) -> None:
-        """Add a CPU whose first turn comes at ``start_ns``."""
-        heapq.heappush(self._heap, _Entry(start_ns, self._seq, name, turn))
+    def add(self, name: str, turn: Turn, start_ns: float = 0.0, *, daemon: bool = False) -> None:
+        """Add a CPU whose first turn comes at ``start_ns``; a ``daemon`` runs only while
+        some CPU that is not one does."""
+        heapq.heappush(self._heap, _Entry(start_ns, self._seq, name, turn, daemon))
         self._seq += 1
+        self._live += 0 if daemon else 1
 
     def run(
         self,
@@ -53,7 +59,7 @@ class EventLoop:
         ``progress``, if given, is called after each turn with the simulated time
         reached (ns). Returns the simulated time reached.
         """
-        while self._heap:
+        while self._heap and self._live > 0:
             entry = self._heap[0]
             if until_ns is not None and entry.time >= until_ns:
                 self.now = until_ns
@@ -63,7 +69,9 @@ class EventLoop:
             heapq.heappop(self._heap)
             self.now = entry.time
             took = entry.turn(entry.time)
-            if took is not None:
+            if took is None:
+                self._live -= 0 if entry.daemon else 1
+            else:
                 entry.time += took
                 entry.seq = self._seq
                 self._seq += 1

@@ -16,14 +16,16 @@ it, so the stall is charged to that process (direct reclaim).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from memvirt.config import CostModel
+from memvirt.config import CostModel, FaultsConfig
 from memvirt.dataplane.layout import S_TOKEN
 from memvirt.engine.cost import default_cost, stall_ns
+from memvirt.engine.faults import FaultInjector, lose_frames
+from memvirt.engine.history import PageRef, PageWatch
 from memvirt.engine.loop import EventLoop
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
 from memvirt.traces.model import Trace
@@ -150,7 +152,14 @@ def settle(
 
 
 class ContentError(AssertionError):
-    """The content check found a page that does not read what was last written to it."""
+    """The content check found a page that does not read what was last written to it.
+
+    ``page`` names the page when one is at fault (:class:`~memvirt.engine.history.PageRef`):
+    :func:`memvirt.engine.scenario.run` then adds the page's history to the message."""
+
+    def __init__(self, message: str, page: PageRef | None = None) -> None:
+        super().__init__(message)
+        self.page = page
 
 
 def record_writes(
@@ -166,7 +175,12 @@ def record_writes(
 
 
 def check_reads(
-    kernel: Kernel, pid: int, vpns: np.ndarray, expected: dict[int, int], where: str
+    kernel: Kernel,
+    pid: int,
+    vpns: np.ndarray,
+    expected: dict[int, int],
+    where: str,
+    vm: str | None = None,
 ) -> None:
     """Every page in ``vpns`` reads (from its frame or its swap slot) what was last written
     to it, or zeros if it never was; ContentError otherwise."""
@@ -177,7 +191,8 @@ def check_reads(
         if got != want:
             raise ContentError(
                 f"{where}: process {pid} reads {got:#x} at virtual page {vpn:#x}; "
-                f"it last wrote {want:#x}"
+                f"it last wrote {want:#x}",
+                PageRef(vm=vm, pid=pid, vpn=vpn),
             )
 
 
@@ -192,7 +207,11 @@ class NativeMachine:
         cost: CostModel | None = None,
         quantum: int = 10_000,
         check: bool = False,
+        faults: FaultsConfig | None = None,
     ) -> None:
+        if faults is not None and faults.memory_loss:
+            # room for the pseudo-process that holds the memory the machine loses
+            kernel = replace(kernel, max_processes=max(kernel.max_processes, len(processes) + 1))
         self.kernel = Kernel(kernel)
         self.cost = cost or default_cost(kernel.swap_kind)
         self.quantum = quantum
@@ -207,6 +226,52 @@ class NativeMachine:
             report = ProcessReport(plan.name, pid, start_ns=plan.start_s * 1e9)
             self.reports.append(report)
             self.loop.add(plan.name, self._turn(plan, report), plan.start_s * 1e9)
+        self.lost_pid = -1
+        #: set by memvirt.engine.history to follow one page through a rerun
+        self.watch: PageWatch | None = None
+        self.faults: FaultInjector | None = None
+        if faults is not None and faults.any:
+            self.faults = FaultInjector(self, faults, self.kernel.page_size)
+            first = self.faults.first_ns
+            if first is not None:
+                self.loop.add("faults", self.faults.turn, first, daemon=True)
+
+    # ------------------------------------------------------------------ injected faults
+
+    def swap_kernel(self, device: str) -> Kernel:
+        """The kernel whose swap device is ``device``: natively, "host" only."""
+        if device != "host":
+            raise KeyError(f"a native machine has one swap device, 'host', not {device!r}")
+        return self.kernel
+
+    def crash_vm(self, name: str) -> str:
+        raise KeyError(f"a native machine has no VM {name!r}")
+
+    def lose_memory(self, pages: int) -> str:
+        """The machine loses ``pages`` frames: taken free, or by evicting pages; when
+        nothing more can be evicted the OOM killer ends processes until they are had."""
+        kernel = self.kernel
+        if self.lost_pid < 0:
+            self.lost_pid = kernel.spawn_pseudo("lost memory")
+        why = "killed by the OOM killer (the machine lost memory)"
+        got, killed = lose_frames(kernel, self.lost_pid, pages, why, lambda: None)
+        outcome = f"{got} of {pages} frames lost"
+        if killed:
+            names = ", ".join(kernel.processes[pid].name for pid in killed)
+            outcome += f"; the OOM killer ended {names}"
+        return outcome
+
+    def after_fault(self, step: str) -> None:
+        if self.watch is not None:
+            self.watch.observe(self.loop.now, step.removeprefix("after "))
+        if self.check:
+            try:
+                self.kernel.check_invariants()
+            except AssertionError as err:
+                raise ContentError(f"{step}: {err}") from None
+
+    def running(self) -> bool:
+        return any(self.kernel.alive(r.pid) and not r.finished for r in self.reports)
 
     def _turn(self, plan: ProcessPlan, report: ProcessReport) -> Any:
         kernel = self.kernel
@@ -221,6 +286,8 @@ class NativeMachine:
             before = kernel.counters()
             first_token = int(kernel.st[S_TOKEN])
             done = kernel.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
+            if self.watch is not None:
+                self.watch.observe(now, f"a quantum of process {plan.name} (pid {report.pid})")
             if self.check and kernel.alive(report.pid):
                 expected = self.expected.setdefault(report.pid, {})
                 vpns = chunk.addresses[:done]
@@ -289,6 +356,7 @@ class NativeMachine:
             "virtual_memory_ratio": virtual / (k.config.frames * k.page_size),
             "processes": [r.summary() for r in self.reports],
             "totals": k.counters(),
+            **({} if self.faults is None else {"faults": self.faults.summary()}),
         }
 
 

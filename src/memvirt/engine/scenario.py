@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from memvirt.config import ProcessConfig, Scenario
+from memvirt.engine.history import with_history
 from memvirt.engine.native import (
     AccessSource,
+    ContentError,
     NativeMachine,
     ProcessPlan,
     TraceSource,
@@ -143,6 +145,7 @@ def build(scenario: Scenario) -> NativeMachine | VirtualizedMachine:
             cost=scenario.cost,
             quantum=scenario.run.quantum_accesses,
             check=scenario.run.check,
+            faults=scenario.faults,
         )
     procs = [(vm.name, proc) for vm in scenario.vms for proc in vm.processes]
     seeds = process_seeds(scenario.run.seed, len(procs))
@@ -159,9 +162,13 @@ def run(scenario: Scenario, progress: Callable[[float, int], None] | None = None
     simulated time reached (ns) and the accesses made so far.
     """
     machine = build(scenario)
-    seconds = machine.run(
-        seconds=scenario.run.seconds, accesses=scenario.run.accesses, progress=progress
-    )
+    try:
+        seconds = machine.run(
+            seconds=scenario.run.seconds, accesses=scenario.run.accesses, progress=progress
+        )
+    except ContentError as err:
+        # the check found a page wrong: run again, watching it, for its history
+        raise with_history(scenario, err, err.page) from None
     summary = machine.summary(seconds)
     summary["scenario"] = {"source": scenario.source, "hash": scenario.hash()}
     summary["seed"] = scenario.run.seed

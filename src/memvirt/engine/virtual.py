@@ -67,6 +67,8 @@ from memvirt.dataplane.layout import (
     S_TOKEN,
 )
 from memvirt.engine.cost import stall_ns
+from memvirt.engine.faults import FaultInjector, lose_frames
+from memvirt.engine.history import PageRef, PageWatch
 from memvirt.engine.loop import EventLoop
 from memvirt.engine.native import (
     SCHEMA_VERSION,
@@ -197,7 +199,8 @@ class VirtualizedMachine:
                 swap_kind=hyp.host_swap.device,
                 huge_pages=huge_backing,
                 seed=scenario.run.seed,
-                max_processes=len(scenario.vms) + 1,
+                # the VMs, the hypervisor's own frames, and memory the host may lose
+                max_processes=len(scenario.vms) + 2,
             )
         )
         self.host.cfg[K_RING] = 1
@@ -260,6 +263,72 @@ class VirtualizedMachine:
             self._boot(vm, scenario.run.seed)
         self.reclaimer = Reclaimer(self, hyp, scenario.run.seed)
         self.loop.add("hypervisor", self._control, 0.0)
+        self.lost_pid = -1
+        #: set by memvirt.engine.history to follow one page through a rerun
+        self.watch: PageWatch | None = None
+        self.faults: FaultInjector | None = None
+        if scenario.faults.any:
+            self.faults = FaultInjector(self, scenario.faults, page)
+            first = self.faults.first_ns
+            if first is not None:
+                self.loop.add("faults", self.faults.turn, first, daemon=True)
+
+    # ------------------------------------------------------------------ injected faults
+
+    def vm_named(self, name: str) -> VM:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(f"no VM named {name!r}")
+
+    def swap_kernel(self, device: str) -> Kernel:
+        """The kernel whose swap device is ``device``: the host's, or a VM's guest's."""
+        return self.host if device == "host" else self.vm_named(device).guest
+
+    def stop_reason(self, vm: VM) -> str | None:
+        """Why the host stopped ``vm`` (None while it runs)."""
+        if self.host.alive(vm.host_pid):
+            return None
+        kill = next((k for k in self.host.kills if k.pid == vm.host_pid), None)
+        return "stopped" if kill is None else kill.reason
+
+    def crash_vm(self, name: str) -> str:
+        """VM ``name`` crashes: the hypervisor stops it and frees what it held."""
+        vm = self.vm_named(name)
+        if not self.host.alive(vm.host_pid):
+            return f"already stopped ({self.stop_reason(vm)})"
+        held = self.reclaimer.allocated(vm)
+        self.host.kill(vm.host_pid, "crashed (an injected fault)")
+        self.reclaimer.reap()
+        return f"stopped; {held} frames freed"
+
+    def lose_memory(self, pages: int) -> str:
+        """The host loses ``pages`` frames: free ones first, then frames whose pages the
+        host evicts; when it can evict no more, VMs are stopped, the largest first."""
+        host = self.host
+        if self.lost_pid < 0:
+            self.lost_pid = host.spawn_pseudo("lost memory")
+
+        def settle() -> None:  # a stopped VM's shares go; the guests' TLBs follow evictions
+            self.reclaimer.reap()
+            self.shoot_down_evicted()
+
+        why = "stopped by the host: out of memory after losing memory"
+        got, stopped = lose_frames(host, self.lost_pid, pages, why, settle)
+        outcome = f"{got} of {pages} frames lost"
+        if stopped:
+            names = ", ".join(vm.name for vm in self.vms if vm.host_pid in stopped)
+            outcome += f"; VMs stopped: {names}"
+        return outcome
+
+    def after_fault(self, step: str) -> None:
+        if self.watch is not None:
+            self.watch.observe(self.loop.now, step.removeprefix("after "))
+        if self.check:
+            self.check_accounting(step)
+
+    def running(self) -> bool:
+        return self.vcpus_running > 0
 
     def _boot(self, vm: VM, seed: int) -> None:
         """The guest OS's own pages, touched at boot: their contents by the content model,
@@ -397,9 +466,10 @@ class VirtualizedMachine:
             raise ContentError(
                 f"VM {vm.name}: real page {bad} (virtual page {guest.frames.vpn(bad):#x} of "
                 f"process {guest.frames.owner(bad)}) holds {got:#x} in the guest, but the "
-                "host " + ("keeps no copy of it" if where == 0 else f"keeps {host_token:#x}")
+                "host " + ("keeps no copy of it" if where == 0 else f"keeps {host_token:#x}"),
+                PageRef(vm=vm.name, real_page=bad),
             )
-        check_reads(guest, pid, vpns, expected, f"VM {vm.name}")
+        check_reads(guest, pid, vpns, expected, f"VM {vm.name}", vm=vm.name)
         self.check_accounting(f"after a quantum of VM {vm.name}'s process {pid}")
 
     def check_accounting(self, step: str) -> None:
@@ -434,7 +504,9 @@ class VirtualizedMachine:
             return
         v, page, frame = (int(x) for x in out)
         where = f"VM {self.vms[v].name}: " if v >= 0 else "the host: "
+        ref = None
         if v >= 0 and 0 <= page < self.vms[v].real_pages:
+            ref = PageRef(vm=self.vms[v].name, real_page=page)
             g = self.vms[v].guest
             owner = g.frames.owner(page)
             guest_state = (
@@ -445,13 +517,15 @@ class VirtualizedMachine:
             host_walk = host.walk(self.vms[v].host_pid, page << host.geometry.offset_bits)
             entry = host_walk.steps[-1].entry if host_walk.steps else 0
             where += f"real page {page} ({guest_state}; host entry: {describe_pte(entry)}): "
-        raise AccountingError(f"{step}: {where}{ACCOUNTING_ERRORS[code]} ({frame})")
+        raise AccountingError(f"{step}: {where}{ACCOUNTING_ERRORS[code]} ({frame})", ref)
 
     def _control(self, now: float) -> float | None:
         """The hypervisor's turn: one reclamation step, every control period."""
         if self.vcpus_running == 0:
             return None
         self.reclaimer.tick(now)
+        if self.watch is not None:
+            self.watch.observe(now, "a hypervisor control step")
         return self.control_period_ns
 
     def _turn(self, vm: VM, plan: ProcessPlan, report: ProcessReport) -> Any:
@@ -463,7 +537,7 @@ class VirtualizedMachine:
         def turn(now: float) -> float | None:
             if not guest.alive(report.pid) or not host.alive(vm.host_pid):
                 if report.killed is None and not host.alive(vm.host_pid):
-                    report.killed = f"its VM {vm.name} was stopped by the host"
+                    report.killed = f"its VM {vm.name} was stopped: {self.stop_reason(vm)}"
                 return None
             reclaimer = self.reclaimer
             if reclaimer.blocked(vm):  # the low state: wait for the next reclamation step
@@ -490,6 +564,8 @@ class VirtualizedMachine:
             )
             vm.mark_touched(report.pid, chunk.addresses[:done])
             copies = drained[0] + self._host_pass(vm)
+            if self.watch is not None:
+                self.watch.observe(now, f"a quantum of VM {vm.name}'s process {plan.name}")
             if self.check and guest.alive(report.pid) and host.alive(vm.host_pid):
                 self._check_quantum(vm, report.pid, chunk.addresses[:done],
                                     chunk.writes[:done], first_token)  # fmt: skip
@@ -631,6 +707,7 @@ class VirtualizedMachine:
                     "throughput": g["accesses"] / seconds if seconds > 0 else 0.0,
                     "simulated_seconds": seconds,
                     "stopped": not host.alive(vm.host_pid),
+                    "stop_reason": self.stop_reason(vm),
                     **self.reclaimer.vm_summary(vm),
                     "processes": [r.summary() for r in vm.reports],
                 }
@@ -652,6 +729,7 @@ class VirtualizedMachine:
             },
             "overcommit_ratio": self.scenario.overcommit_ratio,
             "vms": vms,
+            **({} if self.faults is None else {"faults": self.faults.summary()}),
         }
 
 

@@ -45,17 +45,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from memvirt.config import HypervisorConfig
 from memvirt.dataplane import native, reclaim
+from memvirt.dataplane import sharing as sharing_dp
 from memvirt.dataplane.layout import (
     C_COMPRESSIONS,
-    F_FLAGS,
-    FR_PINNED,
-    FR_TABLE,
     G_TOKEN,
     K_COMPRESS,
     P_COMP_BYTES,
@@ -72,6 +71,7 @@ from memvirt.dataplane.layout import (
 )
 from memvirt.hypervisor.allocation import ActiveEstimator, Claim, entitlements, revoke
 from memvirt.hypervisor.states import STATES, FreeMemoryStates, min_free_bytes
+from memvirt.hypervisor.timeseries import TimeSeries
 
 if TYPE_CHECKING:
     from memvirt.engine.virtual import VM, VirtualizedMachine
@@ -90,15 +90,24 @@ RECLAIM_KINDS = ("ballooning", "sharing", "compression", "swapping")
 
 @dataclass
 class Sharing:
-    """The page-sharing state of the host: the hash table and the shared frames."""
+    """The page-sharing state of the host: the hash table and the shared frames.
 
-    #: content key -> shared frame (a key is the token, or (vm, token) when salted)
-    table: dict[Any, int] = field(default_factory=dict)
-    #: content key -> (vm index, real page) of a page seen once (a hint, as in ESX)
-    hints: dict[Any, tuple[int, int]] = field(default_factory=dict)
-    #: shared frame -> its key and the (vm index, real page) pairs mapped to it
-    owners: dict[int, tuple[Any, set[tuple[int, int]]]] = field(default_factory=dict)
+    The hash table (content key -> shared frame, or the hint of a page seen once, as in
+    ESX; a key is the token, or (vm, token) when salted; a page is the hint of one key at
+    most, so the table holds a row per page and shared frame at most), the shared pages
+    of each VM and the reference counts of the shared frames are arrays, which the scan's
+    kernel reads and updates (:mod:`memvirt.dataplane.sharing`). Each VM's
+    ``VMReclaim.shared`` follows them: the kernels report every page they share and
+    unshare.
+    """
+
+    tables: sharing_dp.SharingTables = field(default_factory=sharing_dp.SharingTables)
     copies: int = 0  # writes that broke sharing
+
+    @property
+    def owners(self) -> sharing_dp.SharedFrames:
+        """shared frame -> its key and the (vm index, real page) pairs mapped to it."""
+        return sharing_dp.SharedFrames(self.tables)
 
 
 @dataclass
@@ -157,7 +166,13 @@ class Reclaimer:
         )
         self.sharing = Sharing()
         self.reclaimed = dict.fromkeys(RECLAIM_KINDS, 0)
-        self.rows: list[dict[str, Any]] = []
+        #: the time series: a row per VM per control step (every timeseries_period)
+        self.rows = TimeSeries(
+            TIMESERIES_COLUMNS,
+            floats=("time_s", "active_true", "active_estimated"),
+            labels=("vm", "host_state"),
+        )
+        self.next_row = 0.0
         self.next_allocation = 0.0
         self.next_sample = 0.0
         self.last_tick = 0.0
@@ -221,9 +236,8 @@ class Reclaimer:
 
     def frame(self) -> Any:
         """The time series, one row per VM per control step (a pandas DataFrame)."""
-        import pandas as pd
 
-        return pd.DataFrame(self.rows, columns=TIMESERIES_COLUMNS)
+        return self.rows.frame()
 
     def blocked(self, vm: VM) -> bool:
         """In the low state, a VM above its target may not allocate: its vCPUs wait."""
@@ -240,14 +254,16 @@ class Reclaimer:
         r = self.vms[vm.index]
         if not r.shared:
             return np.zeros(0, dtype=np.int64)
-        pages = np.fromiter(r.shared.keys(), dtype=np.int64, count=len(r.shared))
-        frames = np.fromiter(r.shared.values(), dtype=np.int64, count=len(r.shared))
-        now = vm.guest.frames.fi64[pages, G_TOKEN]
-        held = self.host.frames.fi64[frames, G_TOKEN]
-        broken: np.ndarray = pages[(now != held) | np.isin(pages, written)]
+        tables = self.sharing.tables
+        out = np.empty(len(r.shared), dtype=np.int64)
+        written = np.ascontiguousarray(written, dtype=np.int64)
+        n = sharing_dp.break_sharing(self.host.machine, tables.bundle, vm.guest.frames.fi64,
+                                     vm.index, vm.host_pid, written,
+                                     tables.marks_for(r.real_pages), out)  # fmt: skip
+        broken = out[:n]
         for page in broken.tolist():
-            self._unshare(vm, page)
-            self.sharing.copies += 1
+            del r.shared[page]
+        self.sharing.copies += n
         return broken
 
     def after_host_pass(self, vm: VM, pages: np.ndarray) -> None:
@@ -369,10 +385,10 @@ class Reclaimer:
             vm.reset_true_active()
 
     def _scan(self, dt: float) -> None:
-        """Scan pages for identical contents (ESX's content-based page sharing)."""
+        """Scan pages for identical contents (ESX's content-based page sharing): each VM's
+        share of the scan rate for ``dt`` seconds."""
         sc = self.config.sharing
         total = None if sc.total_rate is None else int(sc.total_rate / self.page * dt)
-        host_m = self.host.machine
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             rate = (sc.scan_rate / self.page) if sc.scan_rate is not None else (
                 r.real_pages / sc.scan_period)  # fmt: skip
@@ -380,78 +396,102 @@ class Reclaimer:
             if total is not None:
                 n = min(n, total)
                 total -= n
-            if n <= 0:
-                continue
-            pages = (r.scan_cursor + np.arange(n, dtype=np.int64)) % r.real_pages
-            r.scan_cursor = int((r.scan_cursor + n) % r.real_pages)
-            tokens = vm.guest.frames.fi64[pages, G_TOKEN]
-            # balloon pages are not the guest's to share, and page-table pages change
-            # without their tokens changing: neither is a candidate
-            kind = vm.guest.frames.fi32[pages, F_FLAGS] & (FR_PINNED | FR_TABLE)
-            skip = kind != 0
-            for page, token, skipped in zip(pages.tolist(), tokens.tolist(),
-                                             skip.tolist(), strict=True):  # fmt: skip
-                if skipped or page in r.shared:
-                    continue
-                f = reclaim.frame_of(host_m, vm.host_pid, page)
-                if f < 0:
-                    continue
-                self._consider(r, vm, page, int(token), f)
+            if n > 0:
+                self.scan(vm, n)
 
-    def _key(self, r: VMReclaim, token: int) -> Any:
-        return token if self.config.sharing.inter_vm else (r.index, token)
+    def scan(self, vm: VM, n: int) -> None:
+        """Scan the next ``n`` real pages of ``vm`` (from its cursor, wrapping; at most all
+        of them) for contents to share.
 
-    def _consider(self, r: VMReclaim, vm: VM, page: int, token: int, f: int) -> None:
-        sharing = self.sharing
-        key = self._key(r, token)
-        host_m = self.host.machine
-        shared = sharing.table.get(key)
-        if shared is not None:
-            reclaim.map_shared(host_m, f, shared)
-            sharing.owners[shared][1].add((r.index, page))
-            r.shared[page] = shared
-            self.reclaimed["sharing"] += 1
-            return
-        hint = sharing.hints.get(key)
-        if hint is not None and hint != (r.index, page):
-            hvm_index, hpage = hint
-            hvm = self.machine.vms[hvm_index]
-            hr = self.vms[hvm_index]
-            hf = reclaim.frame_of(host_m, hvm.host_pid, hpage)
-            still = (
-                hf >= 0
-                and hpage not in hr.shared
-                and int(hvm.guest.frames.fi64[hpage, G_TOKEN]) == token
-            )
-            if still:
-                del sharing.hints[key]
-                reclaim.make_shared(host_m, hf, self.machine.hypervisor_pid)
-                self.host.frames.fi64[hf, G_TOKEN] = token
-                sharing.table[key] = hf
-                sharing.owners[hf] = (key, {(hvm_index, hpage)})
-                hr.shared[hpage] = hf
-                reclaim.map_shared(host_m, f, hf)
-                sharing.owners[hf][1].add((r.index, page))
-                r.shared[page] = hf
-                self.reclaimed["sharing"] += 1
-                return
-        sharing.hints[key] = (r.index, page)
+        A kernel (:func:`memvirt.dataplane.sharing.scan`) visits the pages; it reports
+        the pages it shared, which join their VMs' ``shared`` dictionaries in order."""
+        r = self.vms[vm.index]
+        cursor = r.scan_cursor
+        r.scan_cursor = int((r.scan_cursor + n) % r.real_pages)
+        salt = r.index if not self.config.sharing.inter_vm else sharing_dp.NO_SALT
+        tables = self.sharing.tables
+        # a scan of n pages adds at most n contents and shared frames, and 2 n shared
+        # pages (a hint's page and the page scanned)
+        tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n, frames=n)
+        guest = vm.guest.frames
+        hint_rows, hint_tokens = self._read_hints(r, vm, salt, cursor, n)
+        events, shared, elsewhere, missing = sharing_dp.scan(
+            self.host.machine, tables.bundle, guest.fi64, guest.fi32, r.index, vm.host_pid,
+            salt, cursor, n, r.real_pages, self._host_pids, self.machine.hypervisor_pid,
+            hint_rows, hint_tokens, tables.events,
+        )  # fmt: skip
+        if missing:
+            raise RuntimeError(f"sharing scan of {vm.name}: {missing} hints not read before")
+        self.reclaimed["sharing"] += int(shared)
+        if events:
+            self._add_shared(tables.events[:events], None if elsewhere else r)
+
+    @cached_property
+    def _host_pids(self) -> np.ndarray:
+        """Each VM's host process, by VM index."""
+        return np.array([vm.host_pid for vm in self.machine.vms], dtype=np.int64)
+
+    @cached_property
+    def _most_pages(self) -> int:
+        """The real pages of the largest VM."""
+        return max(r.real_pages for r in self.vms)
+
+    def _add_shared(self, events: np.ndarray, only: VMReclaim | None) -> None:
+        """The pages a scan shared, rows (vm, real page, shared frame), join their VMs'
+        ``shared`` in order (a page is shared at most once in a scan); ``only``: all are
+        that VM's."""
+        groups = [only] if only is not None else [self.vms[v] for v in np.unique(events[:, 0])]
+        for r in groups:
+            mine = events if only is not None else events[events[:, 0] == r.index]
+            r.shared.update(zip(mine[:, 1].tolist(), mine[:, 2].tolist(), strict=True))
+
+    def _read_hints(
+        self, r: VMReclaim, vm: VM, salt: int, cursor: int, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Before a scan of ``vm``: the hints in other VMs the scan may check, as sorted
+        contents rows, and their pages' current tokens (the kernel sees one guest's arrays
+        only). None when salted: a VM's keys lead to its own pages only. The rows are
+        those of the tables as they are now: read after :meth:`SharingTables.reserve`."""
+        if salt != sharing_dp.NO_SALT:
+            return sharing_dp.NO_HINTS, sharing_dp.NO_HINTS
+        tables = self.sharing.tables
+        guest = vm.guest.frames
+        slots = np.empty(n, dtype=np.int64)
+        k = sharing_dp.hints_elsewhere(tables.bundle, guest.fi64, guest.fi32, r.index, salt,
+                                       cursor, n, r.real_pages, slots)  # fmt: skip
+        rows = np.unique(slots[:k])
+        hints = ~tables.contents[rows, sharing_dp.CT_VALUE]
+        hint_vms, hint_pages = hints >> sharing_dp.HINT_SHIFT, hints & sharing_dp.HINT_PAGE
+        tokens = np.empty(rows.size, dtype=np.int64)
+        for v in np.unique(hint_vms).tolist():
+            mine = hint_vms == v
+            tokens[mine] = self.machine.vms[v].guest.frames.fi64[hint_pages[mine], G_TOKEN]
+        return rows, tokens
 
     def _unshare(self, vm: VM, page: int) -> None:
         """``page`` of ``vm`` no longer maps its shared frame (a write, or it was discarded)."""
+        if page not in self.vms[vm.index].shared:
+            raise KeyError(page)
+        self._unshare_pages(vm, np.array([page], dtype=np.int64))
+
+    def _unshare_pages(self, vm: VM, pages: np.ndarray) -> None:
+        """Those of ``pages`` of ``vm`` that map a shared frame no longer do, in order."""
         r = self.vms[vm.index]
-        shared = r.shared.pop(page)
-        reclaim.unmap(self.host.machine, vm.host_pid, page)
-        self._drop_ref(shared, (r.index, page))
+        if not r.shared:
+            return
+        out = np.empty(pages.size, dtype=np.int64)
+        pages = np.ascontiguousarray(pages, dtype=np.int64)
+        n = sharing_dp.unshare_pages(self.host.machine, self.sharing.tables.bundle, vm.index,
+                                     vm.host_pid, pages, out)  # fmt: skip
+        for page in out[:n].tolist():
+            del r.shared[page]
 
     def _drop_ref(self, shared: int, who: tuple[int, int]) -> None:
-        key, owners = self.sharing.owners[shared]
-        owners.discard(who)
-        if not owners:
-            del self.sharing.owners[shared]
-            self.sharing.table.pop(key, None)
-            frames = np.array([shared], dtype=np.int64)
-            reclaim.release_frames(self.host.machine, frames, 1)
+        """``who`` (vm index, real page) no longer maps ``shared``; after the last page, the
+        frame is freed."""
+        vm_index, page = who
+        sharing_dp.drop_ref(self.host.machine, self.sharing.tables.bundle, shared, vm_index,
+                            page)  # fmt: skip
 
     def _balloon(self, dt: float, state: str) -> None:
         """Move each balloon toward its target, within the inflate and deflate rates."""
@@ -507,9 +547,7 @@ class Reclaimer:
 
     def _discard(self, r: VMReclaim, vm: VM, pages: np.ndarray) -> None:
         """The hypervisor frees what backs the balloon's pages."""
-        for page in pages.tolist():
-            if page in r.shared:
-                self._unshare(vm, page)
+        self._unshare_pages(vm, pages)
         shared_out = np.empty(max(1, pages.size), dtype=np.int64)
         freed, _ = reclaim.discard(self.host.machine, vm.host_pid, pages, shared_out)
         self.reclaimed["ballooning"] += int(freed)
@@ -586,6 +624,7 @@ class Reclaimer:
     # ---------------------------------------------------------------- outputs
 
     def _record(self, now: float) -> None:
+        """Keep the maxima; add the time series' rows when one is due."""
         free = self.free_pages()
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             shared = len(r.shared)
@@ -596,6 +635,8 @@ class Reclaimer:
             m["shared"] = max(m["shared"], shared)
             m["compressed"] = max(m["compressed"], compressed)
             m["host_swapped"] = max(m["host_swapped"], swapped)
+            if now < self.next_row:
+                continue
             g = vm.guest.counters()
             self.rows.append(
                 {
@@ -617,6 +658,9 @@ class Reclaimer:
                     "host_state": self.states.state,
                 }
             )
+        if now >= self.next_row:
+            period = self.config.timeseries_period
+            self.next_row = now + (0.0 if period is None else period * 1e9)
 
     def vm_summary(self, vm: VM) -> dict[str, Any]:
         """The reclamation keys of one VM's summary."""

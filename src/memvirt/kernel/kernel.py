@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memvirt.dataplane import native
+from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
+    BUS_SWAP_READ,
     C_ACCESSES,
     C_CLEAN_DROPS,
     C_COMPRESSIONS,
@@ -42,6 +43,8 @@ from memvirt.dataplane.layout import (
     C_MAJOR,
     C_MINOR,
     C_READS,
+    C_SWAP_READ_ERRORS,
+    C_SWAP_WRITE_ERRORS,
     C_TABLE_ALLOCS,
     C_TLB1_HITS,
     C_TLB1_MISSES,
@@ -69,6 +72,8 @@ from memvirt.dataplane.layout import (
     K_LOCAL,
     K_OFFSET_BITS,
     K_POLICY,
+    K_SWAP_READ_FAIL,
+    K_SWAP_WRITE_FAIL,
     K_TLB1_SETS,
     K_TLB1_WAYS,
     K_TLB2_SETS,
@@ -102,6 +107,7 @@ from memvirt.dataplane.layout import (
     REG_WRITABLE,
     RMAP_SHIFT,
     S_FAULT_KIND,
+    S_FAULT_RNG,
     S_FAULT_VPN,
     S_FREE_TOP,
     S_HUGE_TOP,
@@ -153,7 +159,21 @@ COUNTER_NAMES: dict[str, int] = {
     "dirty_bit_updates": C_DIRTY_UPDATES,
     "compressions": C_COMPRESSIONS,
     "decompressions": C_DECOMPRESSIONS,
+    "swap_read_errors": C_SWAP_READ_ERRORS,
+    "swap_write_errors": C_SWAP_WRITE_ERRORS,
 }
+
+#: The owner of a swap slot taken by something other than the simulated pages (a swap
+#: device that filled up: :meth:`Kernel.fill_swap`).
+SWAP_FILLED = -2
+
+
+def error_threshold(rate: float) -> int:
+    """The data plane's threshold for an error ``rate`` (a fraction of operations): an
+    operation fails when 63 random bits fall below it."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"an error rate is a fraction from 0 to 1, got {rate}")
+    return min(int(rate * 2.0**63), (1 << 63) - 1)
 
 
 class AdmissionError(ValueError):
@@ -345,6 +365,7 @@ class Kernel:
         st[S_HUGE_TOP] = config.huge_pages
         st[S_LAST_ASID] = -1
         st[S_RNG] = seed_state(config.seed)
+        st[S_FAULT_RNG] = seed_state(config.seed ^ 0x5DEECE66D)
         self.st = st
 
         nproc = config.max_processes
@@ -458,6 +479,20 @@ class Kernel:
         self._set_quotas()
         return pid
 
+    def spawn_pseudo(self, name: str) -> int:
+        """Register a pseudo-process: no address space, never picked by the OOM killer; it
+        holds pinned frames (memory the machine lost). Returns its pid."""
+        pid = len(self.processes)
+        if pid >= self.config.max_processes:
+            raise AdmissionError(
+                f"no room for another process: the kernel holds at most {self.config.max_processes}"
+            )
+        self.proc[pid, P_REG_START] = self.regions.shape[0]
+        self.proc[pid, P_ALIVE] = 1
+        self.processes[pid] = ProcessInfo(pid, name, ())
+        self.oom_exempt.add(pid)
+        return pid
+
     def _new_root(self, pid: int) -> int:
         """Take a frame for ``pid``'s root table (evicting a page if memory is full)."""
         self._ensure_tables(1)
@@ -507,10 +542,12 @@ class Kernel:
 
     def _set_quotas(self) -> None:
         """Local replacement: an equal share of frames for each live process without a quota."""
-        alive = [p for p in self.processes if self.proc[p, P_ALIVE]]
+        alive = [p for p in self.processes if self.proc[p, P_ALIVE] and p not in self.oom_exempt]
         if not alive:
             return
-        share = max(1, self.frames.small_frames // len(alive))
+        # frames a pseudo-process holds (memory the machine lost) are nobody's to share
+        held = sum(int(self.proc[p, P_RESIDENT]) for p in self.oom_exempt if self.proc[p, P_ALIVE])
+        share = max(1, (self.frames.small_frames - held) // len(alive))
         for p in alive:
             q = self.processes[p].quota
             self.proc[p, P_QUOTA] = q if q is not None else share
@@ -541,6 +578,50 @@ class Kernel:
             native.kill_process(self.machine, self.frames.huge_base, pid)
         self.kills.append(KillRecord(pid, info.name, reason, va))
         self._set_quotas()
+
+    # ------------------------------------------------------------------ injected faults
+
+    def set_swap_errors(self, read_rate: float = 0.0, write_rate: float = 0.0) -> None:
+        """Make the swap device fail a fraction of its reads and writes (fault injection).
+
+        A failed write leaves the page in memory, dirty (the kernel tries another
+        victim); a failed read loses the page's only copy, and its process dies of
+        a bus error. Counted per process as ``swap_write_errors`` and
+        ``swap_read_errors``.
+        """
+        self.cfg[K_SWAP_READ_FAIL] = error_threshold(read_rate)
+        self.cfg[K_SWAP_WRITE_FAIL] = error_threshold(write_rate)
+
+    def fill_swap(self) -> int:
+        """The swap device fills up (fault injection): every free slot is taken by
+        something outside the simulation (marked :data:`SWAP_FILLED`) and never given
+        back. Slots the simulated pages free later can be used again. Returns how many
+        slots were taken."""
+        top = int(self.st[S_SWAP_TOP])
+        self.swap.owner[self.swap.free[:top]] = SWAP_FILLED
+        self.st[S_SWAP_TOP] = 0
+        return top
+
+    def take_frames(self, owner: int, n: int) -> int:
+        """Pin ``n`` frames to pseudo-process ``owner`` (memory the machine loses),
+        evicting pages as a fault would when too few are free; returns how many could
+        be had (fewer when nothing more can be evicted)."""
+        m = self.machine
+        for k in range(n):
+            if reclaim.grab_frame(m, owner) < 0:
+                self._set_quotas()
+                return k
+        self._set_quotas()
+        return n
+
+    def oom_kill(self, reason: str) -> int | None:
+        """Kill the out-of-memory killer's victim (see :meth:`_oom_victim`) for ``reason``;
+        its pid, or None when no process may be killed."""
+        victim = self._oom_victim()
+        if victim is not None:
+            self.st[S_OOM_KILLS] += 1
+            self._kill(victim, reason)
+        return victim
 
     def _oom_victim(self) -> int | None:
         """The live process with the largest resident + swapped + page-table pages (of
@@ -632,7 +713,11 @@ class Kernel:
                 self._kill(pid, f"segmentation fault: {what} at {va:#x}", va)
                 break
             elif reason == STOP_SIGBUS:
-                self._kill(pid, f"bus error: no huge page left for {va:#x}", va)
+                if self.st[S_FAULT_KIND] == BUS_SWAP_READ:
+                    why = f"bus error: the swap device failed to read {va:#x} back"
+                else:
+                    why = f"bus error: no huge page left for {va:#x}"
+                self._kill(pid, why, va)
                 break
             elif reason == STOP_OOM:
                 victim = self._oom_victim()

@@ -60,6 +60,12 @@ class RunTask:
     base_dir: str  # where its relative trace paths start
     overrides: tuple[str, ...]  # every --set of the run, its seed last
 
+    def arguments(self) -> str:
+        """The run as ``memvirt run``'s arguments: ``base.toml --set host.memory=256MiB
+        --set run.seed=2`` (sweep.set, the case, the seed). A failed run's error starts with
+        them: they name the run, and ``memvirt run`` given them runs the same scenario."""
+        return " ".join([self.source, *(f"--set {setting}" for setting in self.overrides)])
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -87,7 +93,8 @@ def tasks_of(plan: SweepPlan, keys: set[str] | None = None) -> list[RunTask]:
 
 
 def execute(task: RunTask) -> Outcome:
-    """Do one run; any error becomes the outcome's ``error``, with its last frame."""
+    """Do one run; any error becomes the outcome's ``error``: the run (its scenario and
+    overrides), the error's type and message, and its last frame."""
     from memvirt.config import scenario_from_dict
     from memvirt.engine.scenario import run
 
@@ -103,8 +110,15 @@ def execute(task: RunTask) -> Outcome:
             )
         summary = run(scenario).summary
     except Exception as err:
-        return Outcome(task.key, None, _error_text(err), time.perf_counter() - start)
+        return Outcome(task.key, None, _failure(task, err), time.perf_counter() - start)
     return Outcome(task.key, summary, None, time.perf_counter() - start)
+
+
+def _failure(task: RunTask, err: BaseException, why: str = "") -> str:
+    """A failed run's error, as the catalog records it: ``SCENARIO --set ...: why Type:
+    message (at file:line in function)``. The run comes first, so that the message read alone
+    (in the catalog, in a report, on a terminal) says which scenario and case failed."""
+    return f"{task.arguments()}: {why}{_error_text(err)}"
 
 
 def _error_text(err: BaseException) -> str:
@@ -339,9 +353,9 @@ def _outcome(future: cf.Future[Outcome], task: RunTask) -> Outcome:
     try:
         outcome = future.result()
     except cf.CancelledError:
-        return Outcome(task.key, None, "cancelled before it ran", None)
+        return Outcome(task.key, None, f"{task.arguments()}: cancelled before it ran", None)
     except Exception as err:  # the worker died (BrokenProcessPool, KilledWorker, ...)
-        return Outcome(task.key, None, f"the worker was lost: {_error_text(err)}", None)
+        return Outcome(task.key, None, _failure(task, err, "the worker was lost: "), None)
     return outcome
 
 

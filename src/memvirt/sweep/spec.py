@@ -82,6 +82,7 @@ METRIC_NAMES = (
     "reads", "writes", "faults", "minor_faults", "evictions", "writebacks", "clean_drops",
     "zero_drops", "swap_ins", "swap_outs", "tlb_hits", "tlb_l1_hits", "tlb_l1_misses",
     "tlb_l2_hits", "tlb_l2_misses", "walks", "table_pages_allocated", "dirty_bit_updates",
+    "swap_read_errors", "swap_write_errors",
 )  # fmt: skip
 
 #: A case dimension's name: a word, so that it cannot be taken for a dotted setting.
