@@ -548,7 +548,9 @@ def test_an_interrupt_leaves_the_catalog_consistent_and_the_sweep_resumes(
 
 
 def test_ctrl_c_stops_the_command_and_leaves_the_catalog_consistent(tmp_path: Path) -> None:
-    write(tmp_path / "base.toml", BASE.replace("accesses = 40000", "accesses = 400000"))
+    # runs long enough (about half a second each) that the sweep is still going when the
+    # first one is in the catalog and Ctrl-C comes
+    write(tmp_path / "base.toml", BASE.replace("accesses = 40000", "accesses = 4000000"))
     sweep = write(tmp_path / "sweep.toml", '[sweep]\nscenario = "base.toml"\nseeds = 30\n')
     out = tmp_path / "out"
     script = (
