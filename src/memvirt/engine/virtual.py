@@ -418,12 +418,12 @@ class VirtualizedMachine:
         if real_pages.size == 0:
             return
         reclaim.shoot_down(vm.guest.machine, np.ascontiguousarray(real_pages, dtype=np.int64))
-        cached = np.isin(vm.walk_cache, real_pages)
-        if cached.any():
-            vm.walk_cache[cached] = -1
+        self.forget(vm, real_pages)
 
     def forget(self, vm: VM, real_pages: np.ndarray) -> None:
         """The host no longer backs ``real_pages`` (balloon pages): drop cached walks."""
+        if not self.walk_caches:  # the cache is never filled
+            return
         cached = np.isin(vm.walk_cache, real_pages)
         if cached.any():
             vm.walk_cache[cached] = -1
