@@ -548,10 +548,10 @@ def test_an_interrupt_leaves_the_catalog_consistent_and_the_sweep_resumes(
 
 
 def test_ctrl_c_stops_the_command_and_leaves_the_catalog_consistent(tmp_path: Path) -> None:
-    # runs long enough (about half a second each) that the sweep is still going when the
-    # first one is in the catalog and Ctrl-C comes
+    # runs long enough (about half a second each), and so many (minutes of work), that the
+    # sweep is still going when the first one is in the catalog and Ctrl-C comes
     write(tmp_path / "base.toml", BASE.replace("accesses = 40000", "accesses = 4000000"))
-    sweep = write(tmp_path / "sweep.toml", '[sweep]\nscenario = "base.toml"\nseeds = 30\n')
+    sweep = write(tmp_path / "sweep.toml", '[sweep]\nscenario = "base.toml"\nseeds = 300\n')
     out = tmp_path / "out"
     script = (
         "import typer\nfrom memvirt.sweep.cli import register\n"
@@ -566,18 +566,21 @@ def test_ctrl_c_stops_the_command_and_leaves_the_catalog_consistent(tmp_path: Pa
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        counts: dict[str, int] = {}
+        while time.monotonic() < deadline and process.poll() is None:
             if (out / "catalog.sqlite").exists():
                 with Catalog.open(out) as catalog:
-                    if catalog.counts()["ok"] >= 1:
+                    counts = catalog.counts()
+                    if counts["ok"] >= 1:
                         break
             time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr
+    assert process.returncode == 130, (counts, stdout, stderr)
     assert "interrupted: " in stderr and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     with Catalog.open(out) as catalog:
