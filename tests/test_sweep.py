@@ -562,8 +562,15 @@ def test_ctrl_c_stops_the_command_and_leaves_the_catalog_consistent(tmp_path: Pa
             "--out", str(out)]  # fmt: skip
     # in a session of its own, so that Ctrl-C can reach its whole process group, as a
     # terminal's does: the pool's workers too
+    # and with Ctrl-C's default action: a job started in the background by a shell (`cmd &`)
+    # ignores SIGINT, and so would this command, run from it, without the reset
     process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
@@ -580,6 +587,7 @@ def test_ctrl_c_stops_the_command_and_leaves_the_catalog_consistent(tmp_path: Pa
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
+        process.communicate()  # its pipes closed, whatever happened
     assert process.returncode == 130, (counts, stdout, stderr)
     assert "interrupted: " in stderr and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
