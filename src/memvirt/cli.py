@@ -674,10 +674,15 @@ def write_outputs(result: RunResult, out: Path, *, title: str, report: bool = Tr
     if result.timeseries is not None:
         written.append(out / "timeseries.parquet")
     from memvirt.report import write_figures, write_report  # matplotlib and jinja2: lazily
+    from memvirt.report.figures import render_figures
 
-    written += write_figures(result.summary, result.timeseries, out)
+    # drawn once, for the files and for the report
+    rendered = render_figures(result.summary, result.timeseries, formats=("svg", "png"))
+    written += write_figures(result.summary, result.timeseries, out, rendered=rendered)
     if report:
-        written.append(write_report(result.summary, result.timeseries, out, title=title))
+        written.append(
+            write_report(result.summary, result.timeseries, out, title=title, rendered=rendered)
+        )
     return written
 
 

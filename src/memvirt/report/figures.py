@@ -122,17 +122,25 @@ PROCESSES = FigureInfo(
 
 
 def write_figures(
-    summary: dict[str, Any], timeseries: pd.DataFrame | None, out_dir: Path
+    summary: dict[str, Any],
+    timeseries: pd.DataFrame | None,
+    out_dir: Path,
+    *,
+    rendered: Sequence[RenderedFigure] | None = None,
 ) -> list[Path]:
     """Write the run's figures into ``out_dir`` as SVG and PNG, atomically; return the paths.
 
     With VMs and a time series: ``host-memory``, ``vm-memory``, ``states`` and
     ``activity``; natively: ``processes``. A run with nothing to draw writes nothing.
+    ``rendered``: the figures already rendered in both formats (:func:`render_figures`),
+    so that a report written beside them need not draw them again.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for figure in render_figures(summary, timeseries, formats=("svg", "png")):
+    if rendered is None:
+        rendered = render_figures(summary, timeseries, formats=("svg", "png"))
+    for figure in rendered:
         for kind, data in figure.data.items():
             path = out / f"{figure.info.name}.{kind}"
             atomic_write(path, data)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup
 
-from memvirt.report.figures import STATES, atomic_write, render_figures
+from memvirt.report.figures import STATES, RenderedFigure, atomic_write, render_figures
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,15 +52,17 @@ def write_report(
     *,
     title: str,
     comparison: Sequence[tuple[str, dict[str, Any]]] = (),
+    rendered: Sequence[RenderedFigure] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (atomically) and return its path.
 
-    ``comparison`` holds (label, summary) pairs shown side by side, one column each.
+    ``comparison`` holds (label, summary) pairs shown side by side, one column each;
+    ``rendered``, the run's figures if they were already rendered (with SVG).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
-    page = render_report(summary, timeseries, title=title, comparison=comparison)
+    page = render_report(summary, timeseries, title=title, comparison=comparison, rendered=rendered)
     atomic_write(path, page.encode("utf-8"))
     return path
 
@@ -71,8 +73,11 @@ def render_report(
     *,
     title: str,
     comparison: Sequence[tuple[str, dict[str, Any]]] = (),
+    rendered: Sequence[RenderedFigure] | None = None,
 ) -> str:
     """The report's HTML, as :func:`write_report` writes it."""
+    if rendered is None:
+        rendered = render_figures(summary, timeseries, formats=("svg",))
     page_size = int(_dig(summary, "host", "page_size") or 4096)
     vms = summary.get("vms")
     figures = [
@@ -82,7 +87,7 @@ def render_report(
             "caption": f.info.caption,
             "svg": Markup(inline_svg(f.data["svg"].decode("utf-8"), prefix=f.info.name)),
         }
-        for f in render_figures(summary, timeseries, formats=("svg",))
+        for f in rendered
     ]
     context = {
         "title": title,
