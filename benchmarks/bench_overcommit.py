@@ -30,11 +30,8 @@ Where the time goes: profile it with py-spy, then split the samples of the timed
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,6 +40,7 @@ from typing import Any
 from memvirt.config import scenario_from_dict
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VirtualizedMachine
+from memvirt.files import atomic_json
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -230,11 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"state: {total / pages:.1f} bytes per simulated page ({pages:,} pages)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as out:
-            json.dump(report, out, indent=2)
-            out.write("\n")
-        os.replace(tmp, args.json)
+        atomic_json(args.json, report)
     return 0
 
 

@@ -20,18 +20,17 @@ numba kernels are compiled (or loaded from the cache) before any timing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from memvirt.files import atomic_json
 from memvirt.workloads import (
     HotCold,
     Loop,
@@ -102,11 +101,7 @@ def run_once(spec: WorkloadSpec, accesses: int, chunk: int, seed: int) -> dict[s
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_json(path, data)
 
 
 def main(argv: list[str] | None = None) -> int:

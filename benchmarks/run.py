@@ -40,6 +40,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from memvirt.files import atomic_json
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
@@ -289,11 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in rows:
         print("| " + " | ".join(line) + " |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp_name, args.json)
+    atomic_json(args.json, report)
     print(f"\nwrote {args.json}")
     return 0
 

@@ -10,8 +10,6 @@ same outcomes. Runs are deterministic: the numbers printed are those in the docu
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import matplotlib.pyplot as plt
 
 from memvirt.config import load_scenario, scenario_from_dict
 from memvirt.engine.scenario import RunResult, run
+from memvirt.files import atomic_output
 
 matplotlib.rcParams["svg.hashsalt"] = "memvirt"  # stable ids: the same figure, the same bytes
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,10 +36,9 @@ def example(name: str, *settings: str) -> RunResult:
 def save(fig: Any, out: Path, name: str) -> None:
     """Write the figure atomically as SVG."""
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".svg", dir=out)
-    os.close(fd)
-    fig.savefig(tmp, format="svg", metadata={"Date": None})
-    os.replace(tmp, out / f"{name}.svg")
+    atomic_output(
+        out / f"{name}.svg", lambda tmp: fig.savefig(tmp, format="svg", metadata={"Date": None})
+    )
     plt.close(fig)
 
 

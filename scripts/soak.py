@@ -18,7 +18,6 @@ simulated time by design; its size is printed apart.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 from memvirt.config import load_scenario
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VirtualizedMachine
+from memvirt.files import atomic_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{series_rows:,} time-series rows"
     )
     if args.json is not None:
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        atomic_json(args.json, result)
     if not flat:
         print(f"memory grew by {growth:.1f} MiB (tolerance {args.tolerance_mib} MiB)")
         return 1

@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from memvirt.config import ScenarioError
+from memvirt.files import atomic_output
 from memvirt.kernel.kernel import AdmissionError, KernelError
 from memvirt.mmu.tlb import TLBConfig, TLBError, TLBLevel
 from memvirt.policies import UnknownPolicyError, policy_names
@@ -447,13 +448,10 @@ def plot_miss_ratio_curve(stats: TraceStats, path: Path, *, title: str) -> None:
             ax.set_ylabel("miss ratio (page faults / accesses)")
             ax.set_title(title)
             ax.grid(True, which="both", alpha=0.3)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                metadata = {"Date": None} if kind == "svg" else {"Software": None}
-                fig.savefig(tmp, format=kind, metadata=metadata, dpi=100)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            metadata = {"Date": None} if kind == "svg" else {"Software": None}
+            atomic_output(
+                path, lambda tmp: fig.savefig(tmp, format=kind, metadata=metadata, dpi=100)
+            )
         finally:
             plt.close(fig)
 

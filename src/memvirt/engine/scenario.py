@@ -12,9 +12,6 @@ guest kernel per VM (two-level mapping, :mod:`memvirt.engine.virtual`).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ from memvirt.engine.native import (
     trace_regions,
 )
 from memvirt.engine.virtual import VirtualizedMachine
+from memvirt.files import atomic_json, atomic_output
 from memvirt.kernel.kernel import Region
 
 if TYPE_CHECKING:
@@ -60,24 +58,12 @@ class RunResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         target = out / "summary.json"
-        fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".json", dir=out)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.summary, f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_json(target, self.summary, sort_keys=True)
         if self.timeseries is not None:
-            fd, tmp = tempfile.mkstemp(prefix=".timeseries.", suffix=".parquet", dir=out)
-            os.close(fd)
-            try:
-                self.timeseries.to_parquet(tmp, index=False)
-                os.replace(tmp, out / "timeseries.parquet")
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            series = self.timeseries
+            atomic_output(
+                out / "timeseries.parquet", lambda tmp: series.to_parquet(tmp, index=False)
+            )
         return target
 
 

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup
 
-from memvirt.report.figures import STATES, RenderedFigure, atomic_write, render_figures
+from memvirt.files import atomic_write
+from memvirt.report.figures import STATES, RenderedFigure, render_figures
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -24,13 +24,13 @@ from __future__ import annotations
 import csv
 import functools
 import math
-import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memvirt.files import atomic_output
 from memvirt.sweep.catalog import Catalog
 from memvirt.sweep.spec import SweepError
 from memvirt.units import SizeError, parse_size
@@ -246,16 +246,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory, then rename it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def panel_stem(report: SweepReport, panel: Panel) -> str:
     """The file name (without suffix) of one panel's plot."""
     return _safe(report.stem + "".join(f"-{d}={v}" for d, v in panel.fixed))
@@ -271,7 +261,7 @@ def write_report(report: SweepReport) -> list[Path]:
         raise SweepError(f"{plots}: cannot make the directory: {err.strerror}") from None
     written: list[Path] = []
     table = plots / f"{_safe(report.stem)}.csv"
-    _atomic(table, lambda tmp: _write_csv(report, tmp))
+    atomic_output(table, lambda tmp: _write_csv(report, tmp))
     written.append(table)
     if report.x is None:
         return written  # a sweep of seeds alone: nothing to draw against
@@ -279,7 +269,7 @@ def write_report(report: SweepReport) -> list[Path]:
         stem = panel_stem(report, panel)
         for kind in ("svg", "png"):
             path = plots / f"{stem}.{kind}"
-            _atomic(path, functools.partial(_draw, report, panel, kind=kind))
+            atomic_output(path, functools.partial(_draw, report, panel, kind=kind))
             written.append(path)
     return written
 
