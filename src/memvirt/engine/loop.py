@@ -79,3 +79,24 @@ class EventLoop:
             if progress is not None:
                 progress(self.now)
         return self.now
+
+    def run_for(
+        self,
+        seconds: float | None,
+        accesses: int | None,
+        count: Callable[[], int],
+        progress: Callable[[float, int], None] | None = None,
+    ) -> float:
+        """Run until ``seconds`` of simulated time, until ``count()`` (the accesses made so
+        far) reaches ``accesses``, or until no CPU is left; the time reached (ns).
+        ``progress``, if given, is called after each turn with that time and ``count()``."""
+
+        def stop() -> bool:
+            return accesses is not None and count() >= accesses
+
+        def report(now_ns: float) -> None:
+            assert progress is not None
+            progress(now_ns, count())
+
+        until = None if seconds is None else seconds * 1e9
+        return self.run(until, stop, None if progress is None else report)

@@ -123,6 +123,14 @@ class ProcessReport:
         return out
 
 
+def close_report(report: ProcessReport, kernel: Kernel) -> None:
+    """At the end of a run: the process's counters, and why it was killed if it was."""
+    report.counters = kernel.counters(report.pid)
+    if report.killed is None:
+        kill = next((k for k in kernel.kills if k.pid == report.pid), None)
+        report.killed = None if kill is None else kill.reason
+
+
 def next_chunk(
     plan: ProcessPlan, report: ProcessReport, kernel: Kernel, quantum: int, now: float
 ) -> Trace | None:
@@ -312,23 +320,9 @@ class NativeMachine:
         ``progress``, if given, is called after each turn with the simulated time reached
         (ns) and the accesses made so far. Returns the simulated time reached, in seconds.
         """
-        until = None if seconds is None else seconds * 1e9
-        limit = accesses
-
-        def stop() -> bool:
-            return limit is not None and self.total_accesses >= limit
-
-        def report_progress(now_ns: float) -> None:
-            assert progress is not None
-            progress(now_ns, self.total_accesses)
-
-        end = self.loop.run(until, stop, None if progress is None else report_progress)
+        end = self.loop.run_for(seconds, accesses, lambda: self.total_accesses, progress)
         for report in self.reports:
-            report.counters = self.kernel.counters(report.pid)
-            if report.killed is None:
-                kill = next((k for k in self.kernel.kills if k.pid == report.pid), None)
-                if kill is not None:
-                    report.killed = kill.reason
+            close_report(report, self.kernel)
             if not report.finished and report.killed is None:
                 # still running at the end: its clock stands where its last quantum ended
                 report.end_ns = max(report.end_ns, report.start_ns)

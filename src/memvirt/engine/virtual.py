@@ -76,6 +76,7 @@ from memvirt.engine.native import (
     ProcessPlan,
     ProcessReport,
     check_reads,
+    close_report,
     next_chunk,
     record_writes,
     settle,
@@ -656,22 +657,10 @@ class VirtualizedMachine:
         ``progress``, if given, is called after each turn with the simulated time reached
         (ns) and the accesses made so far.
         """
-        until = None if seconds is None else seconds * 1e9
-
-        def stop() -> bool:
-            return accesses is not None and self.total_accesses >= accesses
-
-        def report_progress(now_ns: float) -> None:
-            assert progress is not None
-            progress(now_ns, self.total_accesses)
-
-        end = self.loop.run(until, stop, None if progress is None else report_progress)
+        end = self.loop.run_for(seconds, accesses, lambda: self.total_accesses, progress)
         for vm in self.vms:
             for report in vm.reports:
-                report.counters = vm.guest.counters(report.pid)
-                if report.killed is None:
-                    kill = next((k for k in vm.guest.kills if k.pid == report.pid), None)
-                    report.killed = None if kill is None else kill.reason
+                close_report(report, vm.guest)
         ends = [r.end_ns / 1e9 for vm in self.vms for r in vm.reports]
         return max([end / 1e9, *ends])
 
