@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memvirt.config import load_scenario
+from memvirt.config import ScenarioError, load_scenario
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VirtualizedMachine
 from memvirt.files import atomic_json
@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    scenario = load_scenario(args.scenario, ["run.check=true", *args.settings])
+    try:
+        scenario = load_scenario(args.scenario, ["run.check=true", *args.settings])
+    except ScenarioError as err:
+        print(f"soak.py: error: {err}", file=sys.stderr)
+        return 2
     seconds = scenario.run.seconds
     if seconds is None:
         parser.error("the soak scenario must give run.seconds")

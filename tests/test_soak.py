@@ -10,15 +10,24 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_short_soak_passes_the_check_and_reports_its_memory(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def soak() -> Any:
+    """scripts/soak.py, loaded as a module (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location("soak", ROOT / "scripts" / "soak.py")
     assert spec is not None and spec.loader is not None
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_short_soak_passes_the_check_and_reports_its_memory(soak: Any, tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     # a generous tolerance: in ten minutes the first kernels are still being loaded
     status = soak.main(["--set", "run.seconds=600", "--samples", "4", "--tolerance-mib", "64",
@@ -32,3 +41,12 @@ def test_a_short_soak_passes_the_check_and_reports_its_memory(tmp_path: Path) ->
     assert report["faults_injected"]["swap_devices"]["host"]["swap_write_errors"] > 0
     assert report["timeseries_rows"] == 3 * 60  # a row per VM every 10 simulated s
     assert report["flat"] is True
+
+
+def test_a_bad_soak_scenario_is_one_line_and_status_2(
+    soak: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert soak.main(["--set", "run.seconds=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("soak.py: error: ") and "run.seconds = -1" in err
+    assert "Traceback" not in err
