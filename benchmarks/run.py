@@ -12,6 +12,9 @@ Parts:
 - ``replay``: ``bench_replay.py`` (memvirt's replay paths against libCacheSim);
 - ``traces``: ``bench_traces.py`` (reading lackey and binary traces);
 - ``native``: a native run with the TLB (``bench_scale.py --mode native``);
+- ``programs``: ``bench_programs.py`` (a real program's trace, ``xz`` recorded under
+  valgrind, replayed natively and by four VMs with reclamation active; skipped
+  without valgrind and xz);
 - ``overcommit``: ``bench_overcommit.py`` (4 VMs, nested, 1.5x, ballooning, sharing),
   and a py-spy profile of it that splits the time between data planes and control
   plane (when py-spy is installed);
@@ -45,7 +48,7 @@ from memvirt.files import atomic_json
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
-PARTS = ("replay", "traces", "native", "overcommit", "scale", "compile")
+PARTS = ("replay", "traces", "native", "programs", "overcommit", "scale", "compile")
 
 
 def child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, int, int]:
@@ -229,6 +232,25 @@ def main(argv: list[str] | None = None) -> int:
                 row(f"native 1 GiB, TLB, zipf over {over}x host", fmt_rate(
                     point["accesses_per_second"]), f"{point['bytes_per_page']:.1f} B/page",
                     point["peak_rss_bytes"])  # fmt: skip
+        if "programs" in parts:
+            if shutil.which("valgrind") is None or shutil.which("xz") is None:
+                row("real program trace (xz)", "skipped", "needs valgrind and xz", None)
+            else:
+                out = Path(tmp) / "programs.json"
+                cmd = [PY, str(HERE / "bench_programs.py"), "--json", str(out)]
+                cmd += ["--repeat", str(repeat)]
+                if quick:
+                    cmd += ["--accesses", "20000000"]
+                _, sec, rss, status = child(cmd)
+                if status == 0:
+                    pg = json.loads(out.read_text())
+                    report["programs"] = pg
+                    for part, label in (("native", "native"), ("nested", "4 VMs nested 1.5x")):
+                        fig = pg[part]
+                        row(f"xz trace, {label}", fmt_rate(fig["accesses_per_second"]),
+                            f"TLB miss ratio {fig['tlb_miss_ratio']:.4f}", rss)  # fmt: skip
+                else:
+                    row("real program trace (xz)", "failed", "", rss)
         if "overcommit" in parts:
             out = Path(tmp) / "overcommit.json"
             n = "1000000" if quick else "4000000"

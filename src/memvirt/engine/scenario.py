@@ -73,6 +73,10 @@ def process_seeds(seed: int, count: int) -> list[int]:
     return [int(c.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for c in children]
 
 
+#: Accesses a process's trace is read in (the readers' default, 4M, is for whole files).
+TRACE_CHUNK_ACCESSES = 1 << 20
+
+
 def _trace_chunks(proc: ProcessConfig, page_size: int) -> Any:
     from memvirt.traces.readers import open_trace
 
@@ -82,6 +86,9 @@ def _trace_chunks(proc: ProcessConfig, page_size: int) -> Any:
         format=proc.trace.format,
         page_numbers=proc.trace.page_numbers,
         page_size=page_size,
+        # a chunk stays in memory while the engine takes a quantum at a time from it (one
+        # per process): a million accesses keep reading fast and four VMs' chunks small
+        chunk_accesses=TRACE_CHUNK_ACCESSES,
     )
 
     def chunks() -> Any:
