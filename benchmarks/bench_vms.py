@@ -23,7 +23,7 @@ from memvirt.engine.virtual import VirtualizedMachine
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two-level-nested.toml"
 
 
-SWAP_FIELDS = ("swap_token", "swap_owner", "swap_free")
+SWAP_FIELDS = ("swap_token", "swap_owner", "swap_free", "swap_csize")
 
 
 def state_bytes(machine: VirtualizedMachine) -> tuple[int, int]:

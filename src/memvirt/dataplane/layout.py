@@ -106,7 +106,7 @@ N_PCTR = 21
 
 # --- scalar state --------------------------------------------------------------
 S_FREE_TOP = 0  # entries on the free-frame stack
-S_SWAP_TOP = 1  # entries on the free-slot stack
+S_SWAP_TOP = 1  # entries on the stack of freed swap slots (given back, to be reused first)
 S_TABLE_NEXT = 2  # next never-used table index
 S_TABLE_FREE_TOP = 3  # entries on the free-table stack
 S_TOKEN = 4  # last content token handed out
@@ -121,7 +121,10 @@ S_TLB_FLUSHES = 12
 S_REC_N = 13  # entries written to the walk record
 S_RING_N = 14  # evictions written to the eviction ring
 S_FAULT_RNG = 15  # xorshift64* state of the injected swap errors (apart from S_RNG)
-N_STATE = 16
+# the next swap slot never used: slots are handed out in order, so the swap arrays need only
+# hold slots below it (they grow as it rises); free slots = S_SWAP_TOP + K_SWAP_SLOTS - it
+S_SWAP_NEXT = 16
+N_STATE = 17
 
 # --- configuration ---------------------------------------------------------------
 K_LEVELS = 0
@@ -142,7 +145,8 @@ K_COMPRESS = 14  # 1: evictions try the compression cache before swap
 # injected swap errors: a read (write) fails when 63 random bits fall below this (0: never)
 K_SWAP_READ_FAIL = 15
 K_SWAP_WRITE_FAIL = 16
-N_CFG = 17
+K_SWAP_SLOTS = 17  # slots of the swap device (its arrays may hold fewer: see S_SWAP_NEXT)
+N_CFG = 18
 
 # eviction ring columns
 RING_OWNER = 0
@@ -166,6 +170,7 @@ STOP_OOM = 2  # a frame or swap slot is needed and none can be had
 STOP_NEED_TABLES = 3  # the table-page pool must grow (control plane)
 STOP_SIGBUS = 4  # a bus error: the huge-page pool is exhausted, or a swap read failed
 STOP_RECORD_FULL = 5  # the walk record is full: the layer above must drain it
+STOP_NEED_SLOTS = 6  # the swap arrays must grow before a fault may take slots (control plane)
 
 SEGV_NO_REGION = 1
 SEGV_READ_ONLY = 2

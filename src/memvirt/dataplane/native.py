@@ -7,9 +7,9 @@ not present (zero-filling it on first touch, reading it back from swap
 otherwise), evicts a victim chosen by the replacement policy when no frame
 is free, and keeps the referenced/dirty bits and content tokens. It runs
 until the batch ends or something needs the control plane (a segmentation
-fault, an out-of-memory kill, more table-page storage) and returns the index
-where it stopped and why; the control plane acts and calls it again from
-there, so an access is never counted twice.
+fault, an out-of-memory kill, more table-page or swap-slot storage) and
+returns the index where it stopped and why; the control plane acts and calls
+it again from there, so an access is never counted twice.
 
 Everything here takes arrays and scalars only (see :mod:`.layout`). The
 naive twin that the tests compare against lives in ``tests/reference.py``.
@@ -70,6 +70,7 @@ from .layout import (
     K_RECORD,
     K_RING,
     K_SWAP_READ_FAIL,
+    K_SWAP_SLOTS,
     K_SWAP_WRITE_FAIL,
     K_TLB1_SETS,
     K_TLB1_WAYS,
@@ -126,6 +127,7 @@ from .layout import (
     S_REC_N,
     S_RING_N,
     S_RNG,
+    S_SWAP_NEXT,
     S_SWAP_TOP,
     S_TABLE_FREE_TOP,
     S_TABLE_NEXT,
@@ -135,6 +137,7 @@ from .layout import (
     SEGV_NO_REGION,
     SEGV_READ_ONLY,
     STOP_DONE,
+    STOP_NEED_SLOTS,
     STOP_NEED_TABLES,
     STOP_OOM,
     STOP_RECORD_FULL,
@@ -481,6 +484,44 @@ def free_frame(m: Machine, f: int) -> None:
     m.st[S_FREE_TOP] += 1
 
 
+@inlined
+def take_slot(m: Machine) -> int:
+    """A free swap slot: the last one given back, else the next never used (so slots are
+    handed out 0, 1, 2... and reused last-in first-out); -1 when the device is full.
+
+    The swap arrays hold only the slots handed out so far, and a few more: the control
+    plane grows them ahead of any call that may take slots (:func:`slot_room`).
+    """
+    top = m.st[S_SWAP_TOP]
+    if top > 0:
+        m.st[S_SWAP_TOP] = top - 1
+        return m.swap_free[top - 1]
+    slot = m.st[S_SWAP_NEXT]
+    if slot >= m.cfg[K_SWAP_SLOTS]:
+        return -1
+    if slot >= m.swap_owner.shape[0]:
+        # a caller that did not make room first: writing past the arrays would corrupt memory
+        raise IndexError("a swap slot beyond the swap arrays: the control plane must grow them")
+    m.st[S_SWAP_NEXT] = slot + 1
+    return slot
+
+
+@inlined
+def swap_full(m: Machine) -> bool:
+    """True when no swap slot is free: none given back, and every slot of the device used."""
+    return m.st[S_SWAP_TOP] == 0 and m.st[S_SWAP_NEXT] >= m.cfg[K_SWAP_SLOTS]
+
+
+@inlined
+def slot_room(m: Machine, needed: int) -> bool:
+    """True when the swap arrays hold every slot that ``needed`` more takes could hand out:
+    never-used slots from ``S_SWAP_NEXT`` on, up to the device's size (freed slots are
+    below it, in the arrays already)."""
+    nxt = m.st[S_SWAP_NEXT]
+    slots = m.cfg[K_SWAP_SLOTS]
+    return nxt >= slots or min(nxt + needed, slots) <= m.swap_owner.shape[0]
+
+
 @kernel
 def free_slot(m: Machine, slot: int) -> None:
     """Give swap slot ``slot`` back (and its room in a compression cache, if it had any)."""
@@ -543,7 +584,7 @@ def _evict(m: Machine, lid: int) -> bool:
             return False
         if evict_frame(m, lid, f):
             return True
-        if m.st[S_SWAP_TOP] == 0:  # swap is full: no other victim would do better
+        if swap_full(m):  # no other victim would do better
             return False
     return False
 
@@ -566,10 +607,9 @@ def _evict_frame(m: Machine, lid: int, f: int) -> bool:
     slot = m.fi32[f, F_SLOT]
     written = 0
     if flags & FR_DIRTY:
-        if m.st[S_SWAP_TOP] == 0:
+        slot = take_slot(m)
+        if slot < 0:
             return False
-        m.st[S_SWAP_TOP] -= 1
-        slot = m.swap_free[m.st[S_SWAP_TOP]]
         m.swap_token[slot] = m.fi64[f, G_TOKEN]
         m.swap_owner[slot] = q
         size = 0
@@ -700,6 +740,10 @@ def page_fault(
     huge_shift = m.cfg[K_HUGE_SHIFT]
     huge_span = 1 << huge_shift
     leaf_level = m.cfg[K_LEVELS] - (2 if huge else 1)
+    # each table page to add and the page itself may take a frame by an eviction, and each
+    # eviction a swap slot: the swap arrays must hold them before anything changes
+    if not slot_room(m, max(1, leaf_level - lvl + 1)):
+        return -1, -1, STOP_NEED_SLOTS
     if lvl < leaf_level:
         # the walk met an empty upper entry: table pages must be added first
         if not table_room(m, leaf_level - lvl):
@@ -992,7 +1036,7 @@ def kill_process(m: Machine, huge_base: int, pid: int) -> None:
             if slot >= 0:
                 free_slot(m, slot)
         free_frame(m, f)
-    for slot in range(m.swap_owner.shape[0]):
+    for slot in range(min(m.st[S_SWAP_NEXT], m.swap_owner.shape[0])):  # the slots ever used
         if m.swap_owner[slot] == pid:
             free_slot(m, slot)
     tlb_flush_asid(m, pid)

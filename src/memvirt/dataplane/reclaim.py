@@ -58,7 +58,6 @@ from .layout import (
     RMAP_SHIFT,
     S_FREE_TOP,
     S_HUGE_TOP,
-    S_SWAP_TOP,
 )
 from .native import (
     evict_called,
@@ -69,6 +68,7 @@ from .native import (
     list_id,
     list_remove,
     rng_next,
+    swap_full,
     take_frame_called,
     tlb_invalidate,
 )
@@ -263,7 +263,7 @@ def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
         if q < 0 or (m.fi32[f, F_FLAGS] & _PINNED_OR_TABLE) != 0:
             continue
         if not evict_frame_called(m, list_id(m, q), f):
-            if m.st[S_SWAP_TOP] == 0:
+            if swap_full(m):
                 break
             continue
         done += 1

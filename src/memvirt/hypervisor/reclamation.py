@@ -524,9 +524,11 @@ class Reclaimer:
         step = guest.ring.shape[0]  # the guest logs each eviction: no more at once
         while got < n:
             guest.st[S_RING_N] = 0
+            ask = min(step, n - got)
+            # the frames beyond the free ones come from evictions, each may take a swap slot
+            guest_m = guest.reserve_slots(max(0, ask - int(guest.st[S_FREE_TOP])))
             # the guest's writes to its swap are asynchronous (as the host's are): no stall
-            k = reclaim.balloon_inflate(guest.machine, r.balloon_pid, min(step, n - got),
-                                        out[got:])  # fmt: skip
+            k = reclaim.balloon_inflate(guest_m, r.balloon_pid, ask, out[got:])
             # guest pages written to its swap that the hypervisor had swapped must be read
             # back first: that read stalls the guest
             extra = self.double_paging(vm, self.machine.guest_written(vm))
@@ -590,6 +592,7 @@ class Reclaimer:
             frames = frames[sizes <= native.COMPRESSION_LIMIT]
         before = int(host.pctr[:, C_COMPRESSIONS].sum())
         host.st[S_RING_N] = 0
+        host_m = host.reserve_slots(frames.size)  # each eviction may take a slot
         done = int(reclaim.evict_frames(host_m, frames, frames.size))
         compressed = int(host.pctr[:, C_COMPRESSIONS].sum()) - before
         self.reclaimed["compression"] += compressed
@@ -611,7 +614,7 @@ class Reclaimer:
             used = int(host.proc[vm.host_pid, P_COMP_BYTES])
             need = -(-used // self.page)
             while len(r.cache_frames) < need:
-                f = reclaim.grab_frame(host.machine, self.machine.hypervisor_pid)
+                f = reclaim.grab_frame(host.reserve_slots(1), self.machine.hypervisor_pid)
                 if f < 0:
                     break
                 r.cache_frames.append(int(f))

@@ -73,6 +73,7 @@ from memvirt.dataplane.layout import (
     K_OFFSET_BITS,
     K_POLICY,
     K_SWAP_READ_FAIL,
+    K_SWAP_SLOTS,
     K_SWAP_WRITE_FAIL,
     K_TLB1_SETS,
     K_TLB1_WAYS,
@@ -114,11 +115,13 @@ from memvirt.dataplane.layout import (
     S_LAST_ASID,
     S_OOM_KILLS,
     S_RNG,
+    S_SWAP_NEXT,
     S_SWAP_TOP,
     S_TLB_FLUSHES,
     S_TOKEN,
     SEGV_READ_ONLY,
     STOP_DONE,
+    STOP_NEED_SLOTS,
     STOP_NEED_TABLES,
     STOP_OOM,
     STOP_RECORD_FULL,
@@ -348,6 +351,7 @@ class Kernel:
         cfg[K_LOCAL] = 1 if config.scope == "local" else 0
         cfg[K_HUGE_SHIFT] = huge_shift
         cfg[K_HAS_HUGE] = 1 if config.huge_pages else 0
+        cfg[K_SWAP_SLOTS] = config.swap_slots
         if config.tlb is not None:
             lv = config.tlb.levels
             cfg[K_TLB_LEVELS] = len(lv)
@@ -361,7 +365,7 @@ class Kernel:
 
         st = np.zeros(N_STATE, dtype=np.int64)
         st[S_FREE_TOP] = self.frames.free_stack.shape[0]
-        st[S_SWAP_TOP] = config.swap_slots
+        # no slot given back yet (S_SWAP_TOP 0), none used (S_SWAP_NEXT 0): all are free
         st[S_HUGE_TOP] = config.huge_pages
         st[S_LAST_ASID] = -1
         st[S_RNG] = seed_state(config.seed)
@@ -497,7 +501,7 @@ class Kernel:
         """Take a frame for ``pid``'s root table (evicting a page if memory is full)."""
         self._ensure_tables(1)
         while True:
-            f = native.take_frame(self.machine, pid, False)
+            f = native.take_frame(self.reserve_slots(1), pid, False)
             if f >= 0:
                 break
             victim = self._oom_victim()
@@ -597,18 +601,36 @@ class Kernel:
         something outside the simulation (marked :data:`SWAP_FILLED`) and never given
         back. Slots the simulated pages free later can be used again. Returns how many
         slots were taken."""
+        taken = self.free_slots()
         top = int(self.st[S_SWAP_TOP])
-        self.swap.owner[self.swap.free[:top]] = SWAP_FILLED
+        swap = self.swap
+        swap.owner[swap.free[:top]] = SWAP_FILLED
+        # the never-used slots go too: those the arrays hold are marked, the others stay
+        # out of the arrays (no slot will be handed out from them)
+        swap.owner[int(self.st[S_SWAP_NEXT]) : self.config.swap_slots] = SWAP_FILLED
         self.st[S_SWAP_TOP] = 0
-        return top
+        self.st[S_SWAP_NEXT] = self.config.swap_slots
+        return taken
+
+    def free_slots(self) -> int:
+        """Free swap slots: those given back, and those never used."""
+        return int(self.st[S_SWAP_TOP]) + self.config.swap_slots - int(self.st[S_SWAP_NEXT])
+
+    def reserve_slots(self, needed: int) -> Machine:
+        """Make the swap arrays hold the slots that ``needed`` more takes could hand out
+        (call it before a data-plane step that may evict ``needed`` pages); the state
+        arrays, new ones if the swap arrays grew."""
+        nxt = int(self.st[S_SWAP_NEXT])
+        if nxt < self.config.swap_slots:
+            self.swap.grow(nxt + needed)
+        return self.machine
 
     def take_frames(self, owner: int, n: int) -> int:
         """Pin ``n`` frames to pseudo-process ``owner`` (memory the machine loses),
         evicting pages as a fault would when too few are free; returns how many could
         be had (fewer when nothing more can be evicted)."""
-        m = self.machine
         for k in range(n):
-            if reclaim.grab_frame(m, owner) < 0:
+            if reclaim.grab_frame(self.reserve_slots(1), owner) < 0:
                 self._set_quotas()
                 return k
         self._set_quotas()
@@ -704,6 +726,8 @@ class Kernel:
                 continue
             if reason == STOP_NEED_TABLES:
                 self._ensure_tables(self.geometry.levels)
+            elif reason == STOP_NEED_SLOTS:  # a fault takes at most a slot per level
+                self.reserve_slots(self.geometry.levels)
             elif reason == STOP_SEGFAULT:
                 what = (
                     "write to a read-only region"
@@ -780,7 +804,8 @@ class Kernel:
         prefixes = np.unique(np.asarray(vpns, dtype=np.int64) >> geo.shift(leaf - 1))
         self._ensure_tables(leaf * prefixes.shape[0])
         for prefix in prefixes:
-            t, _ = native.build_path(self.machine, pid, int(prefix) << geo.shift(leaf - 1), leaf)
+            m = self.reserve_slots(leaf)  # each table page may evict a page to swap
+            t, _ = native.build_path(m, pid, int(prefix) << geo.shift(leaf - 1), leaf)
             if t < 0:
                 raise AdmissionError("memory is too small for the trace's page tables")
         return int(self.proc[pid, P_TABLES]) - before
