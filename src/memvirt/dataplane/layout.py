@@ -32,7 +32,11 @@ F_PREV = 1  # replacement list links (frame numbers, -1 at the ends)
 F_NEXT = 2
 F_SLOT = 3  # swap slot holding a current copy of this page, -1 if none
 F_FLAGS = 4
-N_FI32 = 5
+# reverse map: where the PTE mapping this frame is, table * 4096 + index. 32 bits hold
+# 2**19 table pages (MAX_TABLE_PAGES), which map 2**28 pages: memory and swap are each
+# capped at 2**27 pages
+F_RMAP = 5
+N_FI32 = 6
 
 # frame flag bits
 FR_REFERENCED = 1
@@ -44,10 +48,10 @@ FR_HUGE = 16  # part of a huge page (from the huge-page pool)
 # --- frame fields: int64 -----------------------------------------------------
 G_VPN = 0  # back-pointer: the vpn held, or the table index for a table frame
 G_TOKEN = 1  # content token of the page (a 64-bit pattern)
-G_RMAP = 2  # reverse map: where the PTE mapping this frame is, table * 4096 + index
-G_NEXT_USE = 3  # for opt only: index of this page's next access, or NEVER
-N_FI64 = 3  # rows without opt; opt adds the G_NEXT_USE row
+G_NEXT_USE = 2  # for opt only: index of this page's next access, or NEVER
+N_FI64 = 2  # rows without opt; opt adds the G_NEXT_USE row
 RMAP_SHIFT = 12
+MAX_TABLE_PAGES = 1 << (31 - RMAP_SHIFT)  # table pages a reverse map can name
 
 # --- process fields ----------------------------------------------------------
 P_ALIVE = 0

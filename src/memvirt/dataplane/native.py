@@ -50,6 +50,7 @@ from .layout import (
     F_NEXT,
     F_OWNER,
     F_PREV,
+    F_RMAP,
     F_SLOT,
     FR_DIRTY,
     FR_HUGE,
@@ -57,7 +58,6 @@ from .layout import (
     FR_REFERENCED,
     FR_TABLE,
     G_NEXT_USE,
-    G_RMAP,
     G_TOKEN,
     G_VPN,
     K_COMPRESS,
@@ -637,7 +637,7 @@ def _evict_frame(m: Machine, lid: int, f: int) -> bool:
         m.pctr[q, C_CLEAN_DROPS] += 1
     else:
         m.pctr[q, C_ZERO_DROPS] += 1
-    where = m.fi64[f, G_RMAP]
+    where = m.fi32[f, F_RMAP]
     t = where >> RMAP_SHIFT
     idx = where & ((1 << RMAP_SHIFT) - 1)
     if slot >= 0:
@@ -774,7 +774,7 @@ def page_fault(
             m.fi32[base + k, F_FLAGS] = FR_HUGE | FR_PINNED
             m.fi64[base + k, G_VPN] = hvpn + k
             m.fi64[base + k, G_TOKEN] = 0
-            m.fi64[base + k, G_RMAP] = (t << RMAP_SHIFT) | idx
+            m.fi32[base + k, F_RMAP] = (t << RMAP_SHIFT) | idx
         m.tables[t, idx] = (base << PTE_SHIFT) | pte | PTE_HUGE
         m.proc[pid, P_RESIDENT] += huge_span
         m.pctr[pid, C_MINOR] += 1
@@ -816,7 +816,7 @@ def page_fault(
     m.fi32[f, F_OWNER] = pid
     m.fi32[f, F_FLAGS] = FR_DIRTY if dirty_after else 0
     m.fi64[f, G_VPN] = vpn
-    m.fi64[f, G_RMAP] = (t << RMAP_SHIFT) | idx
+    m.fi32[f, F_RMAP] = (t << RMAP_SHIFT) | idx
     list_append(m.lists, m.fi32, list_id(m, pid), f)
     m.tables[t, idx] = (f << PTE_SHIFT) | pte
     m.proc[pid, P_RESIDENT] += 1
@@ -906,7 +906,7 @@ def run_batch(
                     break
                 if (val & TV_DIRTY) == 0:
                     # the MMU sets the PTE's dirty bit on the first write through this entry
-                    where = fi64[pfn, G_RMAP]
+                    where = fi32[pfn, F_RMAP]
                     tables[where >> RMAP_SHIFT, where & ((1 << RMAP_SHIFT) - 1)] |= PTE_DIRTY
                     tag, key = tlb_key(pid, vpn, (val & TV_HUGE) != 0, huge_shift)
                     tlb_mark_dirty(m, tag, key)

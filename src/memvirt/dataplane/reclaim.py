@@ -29,13 +29,13 @@ from .layout import (
     F_FLAGS,
     F_NEXT,
     F_OWNER,
+    F_RMAP,
     F_SLOT,
     FR_DIRTY,
     FR_HUGE,
     FR_PINNED,
     FR_REFERENCED,
     FR_TABLE,
-    G_RMAP,
     G_TOKEN,
     G_VPN,
     K_HUGE_SHIFT,
@@ -282,7 +282,7 @@ def make_shared(m: Machine, f: int, spid: int) -> None:
     slot = m.fi32[f, F_SLOT]
     if slot >= 0:
         free_slot(m, slot)
-    where = m.fi64[f, G_RMAP]
+    where = m.fi32[f, F_RMAP]
     m.tables[where >> RMAP_SHIFT, where & _RMAP_MASK] &= ~PTE_WRITABLE
     m.proc[q, P_RESIDENT] -= 1
     m.proc[spid, P_RESIDENT] += 1
@@ -296,7 +296,7 @@ def map_shared(m: Machine, f: int, shared: int) -> None:
     """The page in frame ``f`` (private to its VM) now maps ``shared``, a shared frame with
     the same content; ``f`` is freed."""
     q = m.fi32[f, F_OWNER]
-    where = m.fi64[f, G_RMAP]
+    where = m.fi32[f, F_RMAP]
     m.tables[where >> RMAP_SHIFT, where & _RMAP_MASK] = (
         (shared << PTE_SHIFT) | PTE_PRESENT | PTE_USER | PTE_ACCESSED
     )

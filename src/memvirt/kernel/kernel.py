@@ -58,11 +58,11 @@ from memvirt.dataplane.layout import (
     F_FLAGS,
     F_NEXT,
     F_OWNER,
+    F_RMAP,
     F_SLOT,
     FR_HUGE,
     FR_PINNED,
     FR_TABLE,
-    G_RMAP,
     G_TOKEN,
     G_VPN,
     K_FLUSH_ON_SWITCH,
@@ -82,6 +82,7 @@ from memvirt.dataplane.layout import (
     K_TLB_LEVELS,
     L_HEAD,
     L_SIZE,
+    MAX_TABLE_PAGES,
     N_CFG,
     N_LIST,
     N_PCTR,
@@ -662,6 +663,11 @@ class Kernel:
         """Grow the table-page pool so that ``needed`` more tables fit."""
         while not native.table_room(self.machine, needed):
             n = self.tables.shape[0]
+            if n >= MAX_TABLE_PAGES:
+                raise KernelError(
+                    f"the page tables would need more than {MAX_TABLE_PAGES:,} table pages "
+                    "(the most a frame's reverse map can name): map fewer pages"
+                )
             grown = np.zeros((2 * n, self.tables.shape[1]), dtype=np.int64)
             grown[:n] = self.tables
             self.tables = grown
@@ -1008,7 +1014,7 @@ class Kernel:
                     f"frame {f} says it holds page {vpn:#x} of process {pid}, "
                     f"whose table maps that page to {walk.pfn}"
                 )
-                where = int(fi64[f, G_RMAP])
+                where = int(fi32[f, F_RMAP])
                 pte = int(self.tables[where >> RMAP_SHIFT, where & ((1 << RMAP_SHIFT) - 1)])
                 assert pte & PTE_PRESENT and pte >> PTE_SHIFT == f, (
                     f"frame {f}: its reverse map points at an entry that maps {describe_pte(pte)}"
