@@ -37,5 +37,5 @@ class Machine(NamedTuple):
     proc: np.ndarray  # int64[procs, N_PROC] per-process state
     regions: np.ndarray  # int64[regions, 3] address-space regions
     lists: np.ndarray  # int64[procs + 1, N_LIST] replacement lists
-    record: np.ndarray  # int64[3, cap] frames walks read, written?, a table page?
+    record: np.ndarray  # int32[3, cap] frames walks read, written?, a table page?
     ring: np.ndarray  # int64[cap, N_RING] evictions (owner, vpn, frame, written), when logged

@@ -202,6 +202,7 @@ class VirtualizedMachine:
                 seed=scenario.run.seed,
                 # the VMs, the hypervisor's own frames, and memory the host may lose
                 max_processes=len(scenario.vms) + 2,
+                mapped_pages=sum(-(-vm.memory // page) for vm in scenario.vms),
             )
         )
         self.host.cfg[K_RING] = 1
@@ -230,7 +231,7 @@ class VirtualizedMachine:
             # the walk record holds a quantum's walks, or RECORD_CAPACITY entries: when it
             # fills the host pass runs mid-quantum (a drain) and the quantum goes on
             capacity = min(quantum * (geometry.levels + 1) + 8, RECORD_CAPACITY)
-            guest.record = np.zeros((3, capacity), dtype=np.int64)
+            guest.record = np.zeros((3, capacity), dtype=np.int32)  # real pages fit in 31 bits
             # the guest logs its evictions, so double paging can be seen
             guest.cfg[K_RING] = 1
             # at most one eviction per walk between drains, and a walk takes 2+ record rows
@@ -349,7 +350,8 @@ class VirtualizedMachine:
             chunk = vpns[start : start + step]
             guest.run(vm.os_pid, chunk, np.zeros(chunk.size, dtype=np.uint8), page_numbers=True)
             rec = int(guest.st[S_REC_N])
-            self.host_touch(vm, guest.record[0, :rec].copy(), guest.record[1, :rec].copy())
+            record = guest.record[:, :rec].astype(np.int64)
+            self.host_touch(vm, record[0], record[1])
         guest.st[S_REC_N] = 0
         frames = np.array([reclaim.frame_of(guest.machine, vm.os_pid, int(v)) for v in vpns])
         tokens, _ = assign(gc.content, np.arange(n), vm_seed=seed * 1_000_003 + vm.index,
@@ -608,9 +610,8 @@ class VirtualizedMachine:
         reclaimer = self.reclaimer
         host_m = self.host.machine
         content = vm.guest.frames.fi64
-        pages = np.ascontiguousarray(vm.guest.record[0, :n])
-        writes = vm.guest.record[1, :n].copy()
-        kinds = np.ascontiguousarray(vm.guest.record[2, :n])
+        record = vm.guest.record[:, :n].astype(np.int64)
+        pages, writes, kinds = record[0], record[1], record[2]
         copies = reclaimer.before_host_pass(vm, pages[writes != 0])
         # the guest wrote pages through its TLB, unseen by the host (as by the hardware,
         # which sets the host entry's dirty bit): the host frames take the new contents

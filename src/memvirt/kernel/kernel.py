@@ -224,6 +224,9 @@ class KernelConfig:
     seed: int = 0
     virtual_memory: bool = True
     max_processes: int = 64
+    #: pages the kernel's tables will map, when known beforehand (a hypervisor maps its VMs'
+    #: real pages): the first table pool is sized for them, not grown by doublings to 2x
+    mapped_pages: int = 0
 
     def __post_init__(self) -> None:
         if self.frames <= 0:
@@ -382,6 +385,9 @@ class Kernel:
         self.regions = np.zeros((0, 3), dtype=np.int64)
         # one row per 512 frames to start (the leaf tables of a dense address space); grows
         initial_tables = max(8, config.frames // 512 + 8)
+        if config.mapped_pages:  # the leaf tables, and every process's upper levels
+            upper = (geo.levels - 1) * config.max_processes
+            initial_tables = config.mapped_pages // geo.entries_per_table + upper + 8
         self.tables = np.zeros((initial_tables, geo.entries_per_table), dtype=np.int64)
         self.table_frame = np.full(initial_tables, -1, dtype=np.int32)
         self.table_free = np.zeros(initial_tables, dtype=np.int32)
@@ -391,7 +397,7 @@ class Kernel:
         self.oom_exempt: set[int] = set()
         self._blocks: list[tuple[int, int, int]] = []  # (start, frames, pid) without VM
         self._empty_next_use = np.zeros(0, dtype=np.int64)
-        self.record = np.zeros((3, 1), dtype=np.int64)
+        self.record = np.zeros((3, 1), dtype=np.int32)
         self.ring = np.zeros((1, N_RING), dtype=np.int64)
 
     @property
