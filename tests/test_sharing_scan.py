@@ -280,7 +280,6 @@ def apply(machine: VirtualizedMachine, twin: OldSharing, step: tuple[str, int, i
         # what reap does for a VM the host stopped, for a few of its shared pages; then the
         # (still running) host forgets their mappings, as the stopped one has
         for page, shared in list(r.shared.items())[: n % 7 + 1]:
-            del r.shared[page]
             reclaimer._drop_ref(shared, (r.index, page))
             reclaim.unmap(machine.host.machine, vm.host_pid, page)
             del twin.shared[vm.index][page]

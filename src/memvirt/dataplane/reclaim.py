@@ -13,11 +13,13 @@ it asks of a memory, page by page, is here, compiled:
 - **page sharing** maps a real page to another frame holding the same content, read
   only, and frees its own; a frame becomes shared by passing to the hypervisor's own
   pseudo-process, pinned;
+- **active-memory sampling** marks the sampled pages a host pass touched;
 - **content sync**: the guest writes pages through its TLB, which the host does not see
   one by one (nor does the hardware: it sets the dirty bit of the host entry); before
   the host acts on a VM, each of its frames takes its real page's current content.
 
-All functions take the :class:`~.state.Machine` of the memory they act on.
+All functions but the sampler's take the :class:`~.state.Machine` of the memory they act
+on.
 """
 
 from __future__ import annotations
@@ -268,6 +270,18 @@ def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
             continue
         done += 1
     return done
+
+
+# ---------------------------------------------------------- active-memory sampling
+
+
+@kernel
+def mark_touched(sampled: np.ndarray, pages: np.ndarray) -> None:
+    """Of ``pages`` (real pages a host pass touched), those sampled this period
+    (``sampled[page] == 1``) are marked touched (2)."""
+    for k in range(pages.shape[0]):
+        if sampled[pages[k]] == 1:
+            sampled[pages[k]] = 2
 
 
 # --------------------------------------------------------------------- page sharing

@@ -32,9 +32,10 @@ page is then found by its next scan rather than through its old row.
 
 A scan visits every page it is given, but most contents are unique: a page is looked up
 and becomes a hint, and nothing else happens. So the tables are arrays and the scan is
-one compiled loop; only the pages that become shared are reported back to the control
-plane (:mod:`memvirt.hypervisor.reclamation`), as events, so it can keep its own
-``vm -> {real page: shared frame}`` dictionaries.
+one compiled loop. Nothing comes back to the control plane
+(:mod:`memvirt.hypervisor.reclamation`) but counts: its ``real page -> shared frame``
+mapping of each VM is a view of the VM's log (:class:`SharedPages`). The scan also lists
+the pages it shared, as events, for whoever follows sharing page by page (the tests).
 
 The tables are open-addressing hash tables: each one an ``int64[capacity, width]`` array
 of rows, a key's row found by hashing the key to a slot and stepping to the next slot
@@ -59,8 +60,8 @@ Each VM also has a **log** of its shared pages, (real page, shared frame) in the
 they were shared, as a Python ``dict`` keeps its keys: a page that stops being shared
 leaves a hole, and holes are closed up now and then, keeping the order. Checking a VM's
 shared pages before each host pass reads its log from start to end (mostly in page
-order too, the order the scan goes), and undoes broken sharing, freeing frames, in the
-order the control plane's dictionaries give.
+order too, the order the scan goes), and undoes broken sharing, freeing frames, in that
+order.
 
 A kernel sees the guest arrays of the VM it scans only. When VMs share with each other, a
 hint may name a page of another VM, whose current token decides whether it still holds
@@ -715,6 +716,44 @@ def content_key(salt: int, token: int) -> Any:
     """A content's key as the control plane names it: the token, or (VM, token) when
     salted."""
     return token if salt == NO_SALT else (salt, token)
+
+
+class SharedPages(Mapping[int, int]):
+    """real page -> shared frame, for the pages of one VM that map a shared frame, in the
+    order they were shared: a read-only view of the VM's log. Its length and whether a
+    page is in it are read from the arrays at once; the control plane asks for little
+    else, so nothing is kept beside the tables (a dictionary kept in step with them cost
+    more than the kernels that change them)."""
+
+    def __init__(self, tables: SharingTables, vm: int) -> None:
+        self._tables = tables
+        self._vm = vm
+
+    def __len__(self) -> int:
+        log_n = self._tables.log_n
+        return int(log_n[self._vm, LN_LIVE]) if self._vm < log_n.shape[0] else 0
+
+    def __contains__(self, page: object) -> bool:
+        bits = self._tables.bits
+        if not isinstance(page, int | np.integer) or self._vm >= bits.shape[0]:
+            return False
+        page = int(page)
+        if not 0 <= page < 64 * bits.shape[1]:
+            return False
+        return (int(bits[self._vm, page >> 6]) >> (page & 63)) & 1 != 0
+
+    def __getitem__(self, page: int) -> int:
+        if page not in self:
+            raise KeyError(page)
+        pages = self._tables.pages
+        return int(pages[find(pages, self._vm, page), PG_FRAME])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([page for page, _ in self._tables.shared_pages(self._vm)])
+
+    def items(self) -> ItemsView[int, int]:
+        # one pass over the log, not a lookup per page
+        return dict(self._tables.shared_pages(self._vm)).items()
 
 
 class SharedFrames(Mapping[int, tuple[Any, set[tuple[int, int]]]]):

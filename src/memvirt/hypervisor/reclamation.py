@@ -54,7 +54,9 @@ from memvirt.config import HypervisorConfig
 from memvirt.dataplane import native, reclaim
 from memvirt.dataplane import sharing as sharing_dp
 from memvirt.dataplane.layout import (
+    C_ACCESSES,
     C_COMPRESSIONS,
+    C_MAJOR,
     G_TOKEN,
     K_COMPRESS,
     P_COMP_BYTES,
@@ -97,8 +99,7 @@ class Sharing:
     most, so the table holds a row per page and shared frame at most), the shared pages
     of each VM and the reference counts of the shared frames are arrays, which the scan's
     kernel reads and updates (:mod:`memvirt.dataplane.sharing`). Each VM's
-    ``VMReclaim.shared`` follows them: the kernels report every page they share and
-    unshare.
+    ``VMReclaim.shared`` is a view of them.
     """
 
     tables: sharing_dp.SharingTables = field(default_factory=sharing_dp.SharingTables)
@@ -123,11 +124,12 @@ class VMReclaim:
     balloon_pid: int
     estimator: ActiveEstimator
     rng: np.random.Generator
+    #: real page -> shared frame, for this VM's pages backed by a shared frame, in the
+    #: order they were shared (a view of the sharing tables)
+    shared: sharing_dp.SharedPages
     target: int = 0
     balloon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     balloon_n: int = 0
-    #: real page -> shared frame, for this VM's pages backed by a shared frame
-    shared: dict[int, int] = field(default_factory=dict)
     cache_frames: list[int] = field(default_factory=list)
     sampled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
     sample_size: int = 0
@@ -194,6 +196,7 @@ class Reclaimer:
                     balloon_pid=vm.balloon_pid,
                     estimator=ActiveEstimator(fast_gain=ac.fast_gain, slow_gain=ac.slow_gain),
                     rng=np.random.default_rng([seed, 7, len(self.vms)]),
+                    shared=sharing_dp.SharedPages(self.sharing.tables, len(self.vms)),
                     target=vm.real_pages,
                     sampled=np.zeros(vm.real_pages, dtype=np.uint8),
                 )
@@ -252,26 +255,23 @@ class Reclaimer:
         is about to see a write to them: ``written``); return the real pages whose sharing
         broke, which the host must touch again as writes (the copies)."""
         r = self.vms[vm.index]
-        if not r.shared:
+        live = len(r.shared)
+        if not live:
             return np.zeros(0, dtype=np.int64)
         tables = self.sharing.tables
-        out = np.empty(len(r.shared), dtype=np.int64)
+        out = np.empty(live, dtype=np.int64)
         written = np.ascontiguousarray(written, dtype=np.int64)
         n = sharing_dp.break_sharing(self.host.machine, tables.bundle, vm.guest.frames.fi64,
                                      vm.index, vm.host_pid, written,
                                      tables.marks_for(r.real_pages), out)  # fmt: skip
-        broken = out[:n]
-        for page in broken.tolist():
-            del r.shared[page]
         self.sharing.copies += n
-        return broken
+        return out[:n]
 
     def after_host_pass(self, vm: VM, pages: np.ndarray) -> None:
         """Mark sampled pages touched; settle the compression caches."""
         r = self.vms[vm.index]
         if r.sample_size and pages.size:
-            seen = pages[r.sampled[pages] == 1]
-            r.sampled[seen] = 2
+            reclaim.mark_touched(r.sampled, np.ascontiguousarray(pages, dtype=np.int64))
         self._settle_caches()
 
     def double_paging(self, vm: VM, evicted: np.ndarray) -> np.ndarray:
@@ -294,7 +294,6 @@ class Reclaimer:
             if self.host.alive(vm.host_pid) or not (r.shared or r.cache_frames):
                 continue
             for page, shared in list(r.shared.items()):
-                del r.shared[page]
                 self._drop_ref(shared, (r.index, page))
             if r.cache_frames:
                 frames = np.array(r.cache_frames, dtype=np.int64)
@@ -403,8 +402,8 @@ class Reclaimer:
         """Scan the next ``n`` real pages of ``vm`` (from its cursor, wrapping; at most all
         of them) for contents to share.
 
-        A kernel (:func:`memvirt.dataplane.sharing.scan`) visits the pages; it reports
-        the pages it shared, which join their VMs' ``shared`` dictionaries in order."""
+        A kernel (:func:`memvirt.dataplane.sharing.scan`) visits the pages; the pages
+        it shares join their VMs' logs, which ``VMReclaim.shared`` shows."""
         r = self.vms[vm.index]
         cursor = r.scan_cursor
         r.scan_cursor = int((r.scan_cursor + n) % r.real_pages)
@@ -415,7 +414,7 @@ class Reclaimer:
         tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n, frames=n)
         guest = vm.guest.frames
         hint_rows, hint_tokens = self._read_hints(r, vm, salt, cursor, n)
-        events, shared, elsewhere, missing = sharing_dp.scan(
+        _, shared, _, missing = sharing_dp.scan(
             self.host.machine, tables.bundle, guest.fi64, guest.fi32, r.index, vm.host_pid,
             salt, cursor, n, r.real_pages, self._host_pids, self.machine.hypervisor_pid,
             hint_rows, hint_tokens, tables.events,
@@ -423,8 +422,6 @@ class Reclaimer:
         if missing:
             raise RuntimeError(f"sharing scan of {vm.name}: {missing} hints not read before")
         self.reclaimed["sharing"] += int(shared)
-        if events:
-            self._add_shared(tables.events[:events], None if elsewhere else r)
 
     @cached_property
     def _host_pids(self) -> np.ndarray:
@@ -435,15 +432,6 @@ class Reclaimer:
     def _most_pages(self) -> int:
         """The real pages of the largest VM."""
         return max(r.real_pages for r in self.vms)
-
-    def _add_shared(self, events: np.ndarray, only: VMReclaim | None) -> None:
-        """The pages a scan shared, rows (vm, real page, shared frame), join their VMs'
-        ``shared`` in order (a page is shared at most once in a scan); ``only``: all are
-        that VM's."""
-        groups = [only] if only is not None else [self.vms[v] for v in np.unique(events[:, 0])]
-        for r in groups:
-            mine = events if only is not None else events[events[:, 0] == r.index]
-            r.shared.update(zip(mine[:, 1].tolist(), mine[:, 2].tolist(), strict=True))
 
     def _read_hints(
         self, r: VMReclaim, vm: VM, salt: int, cursor: int, n: int
@@ -476,15 +464,12 @@ class Reclaimer:
 
     def _unshare_pages(self, vm: VM, pages: np.ndarray) -> None:
         """Those of ``pages`` of ``vm`` that map a shared frame no longer do, in order."""
-        r = self.vms[vm.index]
-        if not r.shared:
+        if not self.vms[vm.index].shared:
             return
         out = np.empty(pages.size, dtype=np.int64)
         pages = np.ascontiguousarray(pages, dtype=np.int64)
-        n = sharing_dp.unshare_pages(self.host.machine, self.sharing.tables.bundle, vm.index,
-                                     vm.host_pid, pages, out)  # fmt: skip
-        for page in out[:n].tolist():
-            del r.shared[page]
+        sharing_dp.unshare_pages(self.host.machine, self.sharing.tables.bundle, vm.index,
+                                 vm.host_pid, pages, out)  # fmt: skip
 
     def _drop_ref(self, shared: int, who: tuple[int, int]) -> None:
         """``who`` (vm index, real page) no longer maps ``shared``; after the last page, the
@@ -607,6 +592,11 @@ class Reclaimer:
     def _settle_caches(self) -> None:
         """Each VM's compression cache holds as many frames as its compressed bytes fill."""
         host = self.host
+        if not self.config.compression.enabled:
+            # no cache holds a byte (each one's capacity is 0): nothing to take or give back,
+            # after every host pass
+            self.machine.shoot_down_evicted()
+            return
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             used = int(host.proc[vm.host_pid, P_COMP_BYTES])
             need = -(-used // self.page)
@@ -637,7 +627,7 @@ class Reclaimer:
             m["host_swapped"] = max(m["host_swapped"], swapped)
             if now < self.next_row:
                 continue
-            g = vm.guest.counters()
+            guest = vm.guest.pctr  # counters summed as Kernel.counters does, without its dict
             self.rows.append(
                 {
                     "time_s": now / 1e9,
@@ -650,9 +640,9 @@ class Reclaimer:
                     "shared_pages": shared,
                     "compressed_pages": compressed,
                     "host_swapped_pages": swapped,
-                    "accesses": g["accesses"],
-                    "guest_major_faults": g["major_faults"],
-                    "host_major_faults": self.host.counters(vm.host_pid)["major_faults"],
+                    "accesses": int(guest[:, C_ACCESSES].sum()),
+                    "guest_major_faults": int(guest[:, C_MAJOR].sum()),
+                    "host_major_faults": int(self.host.pctr[vm.host_pid, C_MAJOR]),
                     "host_free_pages": free,
                     "host_shared_frames": len(self.sharing.owners),
                     "host_state": self.states.state,
