@@ -56,12 +56,12 @@ shrinks again.
 - **hints by page**: a bitmap per VM of the pages that are a hint, and the token each
   is hinted under (its row's key, with the VM's salt).
 
-Each VM also has a **log** of its shared pages, (real page, shared frame) in the order
-they were shared, as a Python ``dict`` keeps its keys: a page that stops being shared
-leaves a hole, and holes are closed up now and then, keeping the order. Checking a VM's
-shared pages before each host pass reads its log from start to end (mostly in page
-order too, the order the scan goes), and undoes broken sharing, freeing frames, in that
-order.
+Each VM also has a **log** of its shared pages, (real page, shared frame, the frame's
+content) in the order they were shared, as a Python ``dict`` keeps its keys: a page that
+stops being shared leaves a hole, and holes are closed up now and then, keeping the
+order. Checking a VM's shared pages before each host pass reads its log from start to end
+(mostly in page order too, the order the scan goes), comparing each page's content with
+the one in the log, and undoes broken sharing, freeing frames, in that order.
 
 A kernel sees the guest arrays of the VM it scans only. When VMs share with each other, a
 hint may name a page of another VM, whose current token decides whether it still holds
@@ -77,8 +77,20 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .jit import inlined, kernel
-from .layout import F_FLAGS, FR_PINNED, FR_TABLE, G_TOKEN
-from .reclaim import frame_of, make_shared, map_shared, release_frames, unmap
+from .layout import (
+    F_FLAGS,
+    FR_PINNED,
+    FR_TABLE,
+    G_TOKEN,
+    G_VPN,
+    K_HUGE_SHIFT,
+    K_LEVELS,
+    P_ROOT,
+    PTE_HUGE,
+    PTE_PRESENT,
+    PTE_SHIFT,
+)
+from .reclaim import discard, frame_of, make_shared, map_shared, release_frames, unmap
 from .state import Machine
 
 # --- every table's row: its state and its key (a, b) --------------------------------
@@ -105,7 +117,8 @@ N_PAGE = 5
 # a VM's log: one entry per page shared, in order; LG_PAGE -1 for a page no longer shared
 LG_PAGE = 0
 LG_FRAME = 1
-N_LOG = 2
+LG_TOKEN = 2  # the shared frame's content, which stays as it is while the frame is shared
+N_LOG = 3
 # per VM: log entries used (live and holes), live entries
 LN_USED = 0
 LN_LIVE = 1
@@ -230,11 +243,12 @@ def is_shared(tb: Tables, vm: int, page: int) -> bool:
 
 
 @inlined
-def _add_page(tb: Tables, vm: int, page: int, frame: int) -> None:
+def _add_page(tb: Tables, vm: int, page: int, frame: int, token: int) -> None:
     tb.bits[vm, page >> 6] |= np.int64(1) << (page & 63)
     pos = tb.log_n[vm, LN_USED]
     tb.log[vm, pos, LG_PAGE] = page
     tb.log[vm, pos, LG_FRAME] = frame
+    tb.log[vm, pos, LG_TOKEN] = token
     tb.log_n[vm, LN_USED] = pos + 1
     tb.log_n[vm, LN_LIVE] += 1
     s = place(tb.pages, tb.counts, PAGES, vm, page)
@@ -377,20 +391,27 @@ def break_sharing(
     """Unshare the pages of ``vm`` whose contents changed (the guest's token is not the
     shared frame's) or that are in ``written``; they go into ``out`` in the order they
     were shared. Returns how many. ``out`` holds as many as ``vm`` has shared pages;
-    ``marks`` has a zero for each real page, and is left so."""
+    ``marks`` has a zero bit for each real page (bit ``p % 64`` of word ``p // 64``), and
+    is left so; only the written pages that are shared are marked (most written pages are
+    not)."""
     for k in range(written.shape[0]):
-        marks[written[k]] = 1
+        page = written[k]
+        if is_shared(tb, vm, page):
+            marks[page >> 6] |= np.uint64(1) << np.uint64(page & 63)
     log = tb.log
     n = 0
     for pos in range(tb.log_n[vm, LN_USED]):  # every page is judged before any is unshared
         page = log[vm, pos, LG_PAGE]
         if page < 0:
             continue
-        if marks[page] != 0 or g_fi64[page, G_TOKEN] != m.fi64[log[vm, pos, LG_FRAME], G_TOKEN]:
+        # the frame's content is in the log: no read of the host's frame, which would be a
+        # cache miss for nearly every shared page
+        marked = (marks[page >> 6] >> np.uint64(page & 63)) & np.uint64(1)
+        if marked != 0 or g_fi64[page, G_TOKEN] != log[vm, pos, LG_TOKEN]:
             out[n] = page
             n += 1
     for k in range(written.shape[0]):
-        marks[written[k]] = 0
+        marks[written[k] >> 6] = 0  # no page is unshared yet: the words marked are these
     for k in range(n):
         _unshare(m, tb, vm, pid, out[k])
     live = tb.log_n[vm, LN_LIVE]
@@ -413,7 +434,48 @@ def unshare_pages(
     return n
 
 
+@kernel
+def discard_pages(
+    m: Machine,
+    tb: Tables,
+    vm: int,
+    pid: int,
+    any_shared: bool,
+    pages: np.ndarray,
+    shared_out: np.ndarray,
+) -> int:
+    """The hypervisor frees what backs ``pages`` of ``vm`` (host process ``pid``), balloon
+    pages: those that map a shared frame stop mapping it, in order (when ``any_shared``:
+    the VM has shared pages at all), then :func:`.reclaim.discard` frees the frames and
+    swap slots of the rest. One call for what is two steps, as a balloon inflates by a
+    hundred pages or so at a time. Returns how many frames were freed."""
+    if any_shared:
+        for k in range(pages.shape[0]):
+            _unshare(m, tb, vm, pid, pages[k])
+    freed, _ = discard(m, pid, pages, shared_out)
+    return freed
+
+
 # ------------------------------------------------------------------------ the scan
+
+
+@inlined
+def _leaf_table(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
+    """Where the last-level entry of ``vpn`` is, as :func:`.reclaim.leaf_entry` finds it,
+    for every page its leaf table maps at once: (the leaf table, -1); (table, index) of
+    the entry of a huge page that maps ``vpn``; (-1, -1) when an upper level is missing."""
+    t = m.proc[pid, P_ROOT]
+    if t < 0:
+        return -1, -1
+    for lvl in range(m.cfg[K_LEVELS] - 1):
+        idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
+        e = m.tables[t, idx]
+        if (e & PTE_PRESENT) == 0:
+            return -1, -1
+        if e & PTE_HUGE:
+            return t, idx
+        t = m.fi64[e >> PTE_SHIFT, G_VPN]
+    return t, -1
 
 
 @kernel
@@ -482,15 +544,26 @@ def scan(
     elsewhere = 0
     missing = 0
     mask = contents.shape[0] - 1
+    # the pages go in order, so each leaf table of the VM's host table is found once, not
+    # walked to for every page (nothing the scan does changes the upper levels)
+    levels = m.cfg[K_LEVELS]
+    block_shift = m.shifts[levels - 2]
+    leaf_shift, leaf_mask = m.shifts[levels - 1], m.masks[levels - 1]
+    huge_mask = (1 << m.cfg[K_HUGE_SHIFT]) - 1
+    block, leaf, huge_at = -1, -1, -1
     for i in range(n):
         if i % _BATCH == 0:
-            # read the contents rows of the next pages' keys first, all at once: the table
-            # is larger than the caches, and misses that go out together overlap, where
-            # one at a time each would wait its turn (this decides nothing)
+            # read the contents rows of the next pages' keys first, all at once, and the rows
+            # of the hints that changed pages give up: the table is larger than the caches,
+            # and misses that go out together overlap, where one at a time each would wait
+            # its turn (this decides nothing)
             seen = 0
             for j in range(i, min(n, i + _BATCH)):
                 ahead = (cursor + j) % real_pages
-                seen += contents[_slot(salt, g_fi64[ahead, G_TOKEN], mask), H_STATE]
+                ahead_token = g_fi64[ahead, G_TOKEN]
+                seen += contents[_slot(salt, ahead_token, mask), H_STATE]
+                if is_hint(tb, vm, ahead) and tb.hint_token[vm, ahead] != ahead_token:
+                    seen += contents[_slot(salt, tb.hint_token[vm, ahead], mask), H_STATE]
             tb.one[0] = seen  # a use, so that the reads stay
         page = (cursor + i) % real_pages
         # balloon pages are not the guest's to share, and page-table pages change
@@ -499,9 +572,18 @@ def scan(
             continue
         if is_shared(tb, vm, page):
             continue
-        f = frame_of(m, pid, page)
-        if f < 0:  # not in memory
+        # the frame the page is in (frame_of's answer)
+        if page >> block_shift != block:
+            block = page >> block_shift
+            leaf, huge_at = _leaf_table(m, pid, page)
+        if leaf < 0:  # never mapped
             continue
+        e = m.tables[leaf, huge_at if huge_at >= 0 else (page >> leaf_shift) & leaf_mask]
+        if (e & PTE_PRESENT) == 0:  # not in memory
+            continue
+        f = e >> PTE_SHIFT
+        if e & PTE_HUGE:
+            f += page & huge_mask
         token = g_fi64[page, G_TOKEN]
         cs = find(contents, salt, token)
         if cs >= 0 and contents[cs, CT_VALUE] >= 0:  # a shared frame holds it
@@ -509,7 +591,7 @@ def scan(
             _drop_hint(tb, salt, vm, page)  # a row of an older content of this page
             map_shared(m, f, shared)
             tb.frames[find(tb.frames, shared, 0), FM_REFS] += 1
-            _add_page(tb, vm, page, shared)
+            _add_page(tb, vm, page, shared, token)
             events[k, 0], events[k, 1], events[k, 2] = vm, page, shared
             k += 1
             shared_pages += 1
@@ -542,13 +624,13 @@ def scan(
                 tb.frames[fs, FM_REFS] = 2
                 tb.frames[fs, FM_SALT] = salt
                 tb.frames[fs, FM_TOKEN] = token
-                _add_page(tb, hvm, hpage, hf)
+                _add_page(tb, hvm, hpage, hf, token)
                 events[k, 0], events[k, 1], events[k, 2] = hvm, hpage, hf
                 k += 1
                 if hvm != vm:
                     elsewhere += 1
                 map_shared(m, f, hf)
-                _add_page(tb, vm, page, hf)
+                _add_page(tb, vm, page, hf, token)
                 events[k, 0], events[k, 1], events[k, 2] = vm, page, hf
                 k += 1
                 shared_pages += 1
@@ -592,11 +674,8 @@ class SharingTables:
         self.hint_token = np.zeros((0, 0), dtype=np.int64)
         #: room for a scan's events: (vm, real page, shared frame)
         self.events = np.zeros((0, 3), dtype=np.int64)
-        #: a zero per real page (of the largest VM), for break_sharing
-        self.marks = np.zeros(0, dtype=np.uint8)
-        # rows each table, and entries each log, can still take before a rebuild: kernels
-        # add no more than reserved, and removing never takes room (nor does closing up)
-        self._room_left = (0, 0, 0, 0)
+        #: a zero bit per real page (of the largest VM), for break_sharing
+        self.marks = np.zeros(0, dtype=np.uint64)
 
     @property
     def bundle(self) -> Tables:
@@ -607,43 +686,36 @@ class SharingTables:
     def reserve(self, vms: int, real_pages: int, contents: int, pages: int, frames: int) -> None:
         """Room for VMs ``0 .. vms - 1`` of up to ``real_pages`` pages each, for so many new
         rows in each table, new entries in any VM's log, and ``pages`` events; each table is
-        kept at most half full."""
-        # the events are one step's, not a running total as the room left is: they must fit
-        # whatever room the tables have left (a scan of more pages than the one before
-        # wrote past the end of the array: the heap was corrupted)
+        kept at most half full.
+
+        The room is judged on the rows and entries in use now (a few numbers), so that a
+        table is rebuilt, or a log closed up or grown, only when a step could not
+        otherwise be done: most steps add far fewer rows than they reserve."""
+        # the events are one step's: they must fit whatever room the tables have left (a scan
+        # of more pages than the one before wrote past the end of the array: the heap was
+        # corrupted)
         if self.events.shape[0] < pages:
             self.events = np.zeros((max(pages, 2 * self.events.shape[0]), 3), dtype=np.int64)
-        c, p, f, lg = self._room_left
         rows, words = self.bits.shape
-        if (
-            max(contents - c, pages - p, frames - f, pages - lg) <= 0
-            and vms <= rows
-            and real_pages <= 64 * words
-        ):
-            self._room_left = (c - contents, p - pages, f - frames, lg - pages)
-            return
         if vms > rows or real_pages > 64 * words:
             shape = (max(vms, rows), max(-(-real_pages // 64), words))
             self.bits = _grown(self.bits, shape)
             self.hinted = _grown(self.hinted, shape)
             self.hint_token = _grown(self.hint_token, (shape[0], 64 * shape[1]))
-        self.contents = self._room(self.contents, CONTENTS, contents)
-        self.pages = self._room(self.pages, PAGES, pages)
-        self.frames = self._room(self.frames, FRAMES, frames)
-        self._log_room(vms, pages)
-        c, p, f = (
-            t.shape[0] // 2 - int(self.counts[which].sum())
-            for which, t in enumerate((self.contents, self.pages, self.frames))
-        )
-        lg = self.log.shape[1] - int(self.log_n[:, LN_USED].max(initial=0))
-        self._room_left = (c - contents, p - pages, f - frames, lg - pages)
+        (c_live, c_dead), (p_live, p_dead), (f_live, f_dead) = self.counts.tolist()
+        if 2 * (c_live + c_dead + contents) > self.contents.shape[0]:
+            self.contents = self._rebuilt(self.contents, CONTENTS, c_live, contents)
+        if 2 * (p_live + p_dead + pages) > self.pages.shape[0]:
+            self.pages = self._rebuilt(self.pages, PAGES, p_live, pages)
+        if 2 * (f_live + f_dead + frames) > self.frames.shape[0]:
+            self.frames = self._rebuilt(self.frames, FRAMES, f_live, frames)
+        most = max(self.log_n[:, LN_USED].tolist(), default=0)
+        if vms > self.log.shape[0] or most + pages > self.log.shape[1]:
+            self._log_room(vms, pages)
 
-    def _room(self, table: np.ndarray, which: int, extra: int) -> np.ndarray:
-        """``table`` if it takes ``extra`` more rows and stays at most half full; else a
-        rebuilt one, without tombstones, a third full or less."""
-        live, dead = (int(x) for x in self.counts[which])
-        if 2 * (live + dead + extra) <= table.shape[0]:
-            return table
+    def _rebuilt(self, table: np.ndarray, which: int, live: int, extra: int) -> np.ndarray:
+        """``table`` (row ``which`` of the counts, ``live`` rows in use) rebuilt without
+        tombstones, a third full or less with ``extra`` more rows."""
         new = np.zeros((_capacity(live + extra, extra), table.shape[1]), dtype=np.int64)
         rehash(table, new, self.counts, which)
         return new
@@ -667,9 +739,9 @@ class SharingTables:
         self.log, self.log_n = log, log_n
 
     def marks_for(self, real_pages: int) -> np.ndarray:
-        """A zero for each of ``real_pages`` pages (break_sharing leaves them zero)."""
-        if self.marks.shape[0] < real_pages:
-            self.marks = np.zeros(real_pages, dtype=np.uint8)
+        """A zero bit for each of ``real_pages`` pages (break_sharing leaves them zero)."""
+        if 64 * self.marks.shape[0] < real_pages:
+            self.marks = np.zeros(-(-real_pages // 64), dtype=np.uint64)
         return self.marks
 
     @property

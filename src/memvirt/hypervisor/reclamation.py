@@ -131,7 +131,9 @@ class VMReclaim:
     balloon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     balloon_n: int = 0
     cache_frames: list[int] = field(default_factory=list)
-    sampled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    #: the pages of this period's sample that no host pass has touched yet, a bit each
+    sample_unseen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    sample_seen: int = 0
     sample_size: int = 0
     scan_cursor: int = 0
     active_true: float = 0.0
@@ -198,7 +200,7 @@ class Reclaimer:
                     rng=np.random.default_rng([seed, 7, len(self.vms)]),
                     shared=sharing_dp.SharedPages(self.sharing.tables, len(self.vms)),
                     target=vm.real_pages,
-                    sampled=np.zeros(vm.real_pages, dtype=np.uint8),
+                    sample_unseen=np.zeros(-(-vm.real_pages // 64), dtype=np.uint64),
                 )
             )
         cc = config.compression
@@ -270,20 +272,23 @@ class Reclaimer:
     def after_host_pass(self, vm: VM, pages: np.ndarray) -> None:
         """Mark sampled pages touched; settle the compression caches."""
         r = self.vms[vm.index]
-        if r.sample_size and pages.size:
-            reclaim.mark_touched(r.sampled, np.ascontiguousarray(pages, dtype=np.int64))
+        if r.sample_seen < r.sample_size and pages.size:
+            pages = np.ascontiguousarray(pages, dtype=np.int64)
+            r.sample_seen += reclaim.mark_touched(r.sample_unseen, pages)
         self._settle_caches()
 
-    def double_paging(self, vm: VM, evicted: np.ndarray) -> np.ndarray:
-        """Of the real pages the guest just wrote to its swap, those the hypervisor had
-        swapped out: each costs one extra read (double paging)."""
-        if evicted.size == 0:
-            return evicted
-        out = np.empty(evicted.size, dtype=np.int64)
-        n = reclaim.swapped_pages(self.host.machine, vm.host_pid, evicted, out)
-        self.vms[vm.index].double_paging_reads += n
-        doubled: np.ndarray = evicted[out[:n]]
-        return doubled
+    def double_paging(self, vm: VM) -> np.ndarray:
+        """Of the real pages the guest wrote to its swap since its eviction ring was
+        cleared, those the hypervisor had swapped out: each costs one extra read (double
+        paging)."""
+        ring = vm.guest.ring
+        n = min(int(vm.guest.st[S_RING_N]), ring.shape[0])
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        out = np.empty(n, dtype=np.int64)
+        k = reclaim.doubled_pages(self.host.machine, vm.host_pid, ring, n, out)
+        self.vms[vm.index].double_paging_reads += k
+        return out[:k]
 
     # ---------------------------------------------------------------- the control step
 
@@ -364,8 +369,7 @@ class Reclaimer:
         ac = self.config.allocation
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             if r.sample_size:
-                touched = int(np.count_nonzero(r.sampled == 2))
-                fraction = touched / r.sample_size
+                fraction = r.sample_seen / r.sample_size
                 if r.periods == 0:  # the first measurement: both averages start from it
                     r.estimator.fast = r.estimator.slow = fraction
                 r.estimator.add_sample(fraction)
@@ -373,10 +377,12 @@ class Reclaimer:
                 r.active_true_sum += r.active_true
                 r.active_estimate_sum += r.estimator.estimate
                 r.periods += 1
-            r.sampled[:] = 0
             k = min(ac.sample_pages, r.real_pages)
             pick = r.rng.choice(r.real_pages, size=k, replace=False)
-            r.sampled[pick] = 1
+            r.sample_unseen[:] = 0
+            bits = np.left_shift(np.uint64(1), (pick & 63).astype(np.uint64))
+            np.bitwise_or.at(r.sample_unseen, pick >> 6, bits)  # pages may share a word
+            r.sample_seen = 0
             r.sample_size = k
             # as ESX does, the sampled pages' translations are invalidated, so that the next
             # access to each is seen
@@ -514,7 +520,7 @@ class Reclaimer:
                                         out[got:])  # fmt: skip
             # guest pages written to its swap that the hypervisor had swapped must be read
             # back first: that read stalls the guest
-            extra = self.double_paging(vm, self.machine.guest_written(vm))
+            extra = self.double_paging(vm)
             if extra.size:
                 hd = self.machine.host_touch(vm, extra, np.zeros(extra.size, np.uint8))
                 r.pending_ns += self.machine.host_stall(hd)
@@ -531,10 +537,13 @@ class Reclaimer:
         r.balloon_n += got
 
     def _discard(self, r: VMReclaim, vm: VM, pages: np.ndarray) -> None:
-        """The hypervisor frees what backs the balloon's pages."""
-        self._unshare_pages(vm, pages)
+        """The hypervisor frees what backs the balloon's pages (shared ones are unshared
+        first)."""
+        pages = np.ascontiguousarray(pages, dtype=np.int64)
         shared_out = np.empty(max(1, pages.size), dtype=np.int64)
-        freed, _ = reclaim.discard(self.host.machine, vm.host_pid, pages, shared_out)
+        freed = sharing_dp.discard_pages(self.host.machine, self.sharing.tables.bundle,
+                                         vm.index, vm.host_pid, len(r.shared) > 0, pages,
+                                         shared_out)  # fmt: skip
         self.reclaimed["ballooning"] += int(freed)
         self.machine.forget(vm, pages)
 
