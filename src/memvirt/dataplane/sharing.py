@@ -44,7 +44,9 @@ while the slot holds another key (*linear probing*). A removed row becomes a tom
 every table at most half full, counting tombstones, by rebuilding it before a step that
 may insert rows (a kernel cannot allocate): the rebuilt table holds the live rows only,
 sized by their number, so tombstones never pile up and a table whose rows were removed
-shrinks again.
+shrinks again. A table is rebuilt where it is, resized in place: memory never used
+before is dear (its pages are faulted in and zeroed), and a table that doubles needs new
+memory for its new half only.
 
 - **contents**: key (salt, token) -> a shared frame holding that content, or the hint
   (VM, real page) of the one page seen with it. The salt is -1 when VMs share with each
@@ -223,13 +225,31 @@ def remove(t: np.ndarray, counts: np.ndarray, which: int, s: int) -> None:
 
 
 @kernel
-def rehash(old: np.ndarray, new: np.ndarray, counts: np.ndarray, which: int) -> None:
-    """Copy the live rows of ``old`` into the empty ``new`` (contents or frames)."""
-    for s in range(old.shape[0]):
-        if old[s, H_STATE] == LIVE:
-            d = _free_row(new, old[s, H_A], old[s, H_B])
-            for c in range(old.shape[1]):
-                new[d, c] = old[s, c]
+def rehash(
+    t: np.ndarray, old_rows: int, new_rows: int, scratch: np.ndarray, counts: np.ndarray, which: int
+) -> None:
+    """Rebuild table ``t`` (row ``which`` of the counts) in place: the live rows of its
+    first ``old_rows`` rows go, without tombstones, into its first ``new_rows`` rows (a
+    power of two, at most ``t``'s rows, which are zeros from ``old_rows`` on), by way of
+    ``scratch`` (room for the live rows, one after another). The rows left empty are
+    zeros."""
+    width = t.shape[1]
+    n = 0
+    for s in range(old_rows):
+        if t[s, H_STATE] == LIVE:
+            for c in range(width):
+                scratch[n * width + c] = t[s, c]
+            n += 1
+        for c in range(width):
+            t[s, c] = 0
+    mask = new_rows - 1
+    for k in range(n):
+        row = k * width
+        d = _slot(scratch[row + H_A], scratch[row + H_B], mask)
+        while t[d, H_STATE] == LIVE:
+            d = (d + 1) & mask
+        for c in range(width):
+            t[d, c] = scratch[row + c]
     counts[which, 1] = 0
 
 
@@ -674,6 +694,8 @@ class SharingTables:
         self.hint_token = np.zeros((0, 0), dtype=np.int64)
         #: room for a scan's events: (vm, real page, shared frame)
         self.events = np.zeros((0, 3), dtype=np.int64)
+        #: room for the live rows of a table being rebuilt, one after another
+        self.scratch = np.zeros(0, dtype=np.int64)
         #: a zero bit per real page (of the largest VM), for break_sharing
         self.marks = np.zeros(0, dtype=np.uint64)
 
@@ -704,21 +726,49 @@ class SharingTables:
             self.hint_token = _grown(self.hint_token, (shape[0], 64 * shape[1]))
         (c_live, c_dead), (p_live, p_dead), (f_live, f_dead) = self.counts.tolist()
         if 2 * (c_live + c_dead + contents) > self.contents.shape[0]:
-            self.contents = self._rebuilt(self.contents, CONTENTS, c_live, contents)
+            self._rebuild("contents", CONTENTS, c_live, contents)
         if 2 * (p_live + p_dead + pages) > self.pages.shape[0]:
-            self.pages = self._rebuilt(self.pages, PAGES, p_live, pages)
+            self._rebuild("pages", PAGES, p_live, pages)
         if 2 * (f_live + f_dead + frames) > self.frames.shape[0]:
-            self.frames = self._rebuilt(self.frames, FRAMES, f_live, frames)
+            self._rebuild("frames", FRAMES, f_live, frames)
         most = max(self.log_n[:, LN_USED].tolist(), default=0)
         if vms > self.log.shape[0] or most + pages > self.log.shape[1]:
             self._log_room(vms, pages)
 
-    def _rebuilt(self, table: np.ndarray, which: int, live: int, extra: int) -> np.ndarray:
-        """``table`` (row ``which`` of the counts, ``live`` rows in use) rebuilt without
-        tombstones, a third full or less with ``extra`` more rows."""
-        new = np.zeros((_capacity(live + extra, extra), table.shape[1]), dtype=np.int64)
-        rehash(table, new, self.counts, which)
-        return new
+    def _rebuild(self, name: str, which: int, live: int, extra: int) -> None:
+        """Rebuild table ``name`` (row ``which`` of the counts, ``live`` rows in use) without
+        tombstones, a third full or less with ``extra`` more rows.
+
+        The table is rebuilt where it is, grown or shrunk in place (numpy's ``resize``: a
+        large block is extended by remapping its pages, without a copy), by way of a
+        scratch array kept from one rebuild to the next. Memory never used before costs
+        more than the rebuild itself (each page is faulted in and zeroed): a table that
+        doubles takes new memory for its new half only, and one rebuilt at its size (to
+        clear tombstones) takes none."""
+        old, width = getattr(self, name).shape
+        cap = _capacity(live + extra, extra)
+        if self.scratch.shape[0] < live * width:
+            self.scratch = np.zeros(max(live * width, 2 * self.scratch.shape[0]), dtype=np.int64)
+        if cap > old:
+            self._resize(name, cap)
+        rehash(getattr(self, name), old, cap, self.scratch, self.counts, which)
+        if cap < old:
+            self._resize(name, cap)
+
+    def _resize(self, name: str, rows: int) -> None:
+        """Table ``name`` with ``rows`` rows: its first rows kept, new ones zeros."""
+        try:
+            # the attribute is the one reference numpy allows: the array is not a view, nor
+            # held by anything else (as a kernel's arguments are only during the call)
+            getattr(self, name).resize((rows, getattr(self, name).shape[1]), refcheck=True)
+        except ValueError:  # it is held elsewhere too: a new array
+            table = getattr(self, name)
+            if rows <= table.shape[0]:
+                setattr(self, name, table[:rows].copy())
+            else:
+                new = np.zeros((rows, table.shape[1]), dtype=np.int64)
+                new[: table.shape[0]] = table
+                setattr(self, name, new)
 
     def _log_room(self, vms: int, extra: int) -> None:
         """Logs for ``vms`` VMs, each with room for ``extra`` more entries, at most half

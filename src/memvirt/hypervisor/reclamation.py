@@ -489,17 +489,19 @@ class Reclaimer:
         bc = self.config.balloon
         inflate_cap = int(bc.inflate_rate / self.page * dt)
         deflate_cap = int(bc.deflate_rate / self.page * dt)
+        ballooning = self.states.enabled("ballooning")
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             if not r.has_driver:
                 continue
             most = int(r.real_pages * bc.max_percent / 100.0)
-            over_limit = max(0, self.allocated(vm) - r.maximum)
+            allocated = self.allocated(vm)
+            over_limit = max(0, allocated - r.maximum)
             if state == "high":
                 want = r.balloon_n + over_limit if over_limit else 0
-            elif self.states.enabled("ballooning"):
-                want = r.balloon_n + self.allocated(vm) - r.target
+            elif ballooning:
+                want = r.balloon_n + allocated - r.target
             else:
-                want = r.balloon_n if self.allocated(vm) >= r.target else 0
+                want = r.balloon_n if allocated >= r.target else 0
             want = max(0, min(most, want))
             if want > r.balloon_n:
                 self._inflate(r, vm, min(want - r.balloon_n, inflate_cap))
@@ -625,23 +627,28 @@ class Reclaimer:
     def _record(self, now: float) -> None:
         """Keep the maxima; add the time series' rows when one is due."""
         free = self.free_pages()
-        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+        due = now >= self.next_row
+        shared_frames = len(self.sharing.owners)
+        # the VMs' host rows read at once, as lists: one numpy call, not a few per figure
+        procs = self.host.proc[self._host_pids].tolist()
+        for r, vm, proc in zip(self.vms, self.machine.vms, procs, strict=True):
             shared = len(r.shared)
-            compressed = self.compressed(vm)
-            swapped = self.host_swapped(vm)
+            compressed = proc[P_COMPRESSED]
+            swapped = proc[P_SWAPPED] - compressed
             m = r.maxima
             m["balloon"] = max(m["balloon"], r.balloon_n)
             m["shared"] = max(m["shared"], shared)
             m["compressed"] = max(m["compressed"], compressed)
             m["host_swapped"] = max(m["host_swapped"], swapped)
-            if now < self.next_row:
+            if not due:
                 continue
-            guest = vm.guest.pctr  # counters summed as Kernel.counters does, without its dict
+            # the guest's counters summed over its processes, as Kernel.counters does
+            guest = vm.guest.pctr.tolist()
             self.rows.append(
                 {
                     "time_s": now / 1e9,
                     "vm": vm.name,
-                    "allocated_pages": self.allocated(vm),
+                    "allocated_pages": proc[P_RESIDENT] + len(r.cache_frames),
                     "target_pages": r.target,
                     "active_true": r.active_true,
                     "active_estimated": r.estimator.estimate,
@@ -649,15 +656,15 @@ class Reclaimer:
                     "shared_pages": shared,
                     "compressed_pages": compressed,
                     "host_swapped_pages": swapped,
-                    "accesses": int(guest[:, C_ACCESSES].sum()),
-                    "guest_major_faults": int(guest[:, C_MAJOR].sum()),
+                    "accesses": sum(row[C_ACCESSES] for row in guest),
+                    "guest_major_faults": sum(row[C_MAJOR] for row in guest),
                     "host_major_faults": int(self.host.pctr[vm.host_pid, C_MAJOR]),
                     "host_free_pages": free,
-                    "host_shared_frames": len(self.sharing.owners),
+                    "host_shared_frames": shared_frames,
                     "host_state": self.states.state,
                 }
             )
-        if now >= self.next_row:
+        if due:
             period = self.config.timeseries_period
             self.next_row = now + (0.0 if period is None else period * 1e9)
 
