@@ -394,6 +394,7 @@ class Reclaimer:
         share of the scan rate for ``dt`` seconds."""
         sc = self.config.sharing
         total = None if sc.total_rate is None else int(sc.total_rate / self.page * dt)
+        plan = []
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             rate = (sc.scan_rate / self.page) if sc.scan_rate is not None else (
                 r.real_pages / sc.scan_period)  # fmt: skip
@@ -402,7 +403,12 @@ class Reclaimer:
                 n = min(n, total)
                 total -= n
             if n > 0:
-                self.scan(vm, n)
+                plan.append((vm, n))
+        if plan:
+            # room for the step's scans at once: the tables are not rebuilt between them
+            self._reserve(sum(n for _, n in plan))
+            for vm, n in plan:
+                self._scan_pages(vm, n)
 
     def scan(self, vm: VM, n: int) -> None:
         """Scan the next ``n`` real pages of ``vm`` (from its cursor, wrapping; at most all
@@ -410,14 +416,23 @@ class Reclaimer:
 
         A kernel (:func:`memvirt.dataplane.sharing.scan`) visits the pages; the pages
         it shares join their VMs' logs, which ``VMReclaim.shared`` shows."""
+        self._reserve(n)
+        self._scan_pages(vm, n)
+
+    def _reserve(self, n: int) -> None:
+        """Room in the sharing tables for scans of ``n`` pages in all: they add at most n
+        contents and shared frames, and 2 n shared pages (a hint's page and the page
+        scanned)."""
+        self.sharing.tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n,
+                                    frames=n)  # fmt: skip
+
+    def _scan_pages(self, vm: VM, n: int) -> None:
+        """:meth:`scan`, the tables' room reserved."""
         r = self.vms[vm.index]
         cursor = r.scan_cursor
         r.scan_cursor = int((r.scan_cursor + n) % r.real_pages)
         salt = r.index if not self.config.sharing.inter_vm else sharing_dp.NO_SALT
         tables = self.sharing.tables
-        # a scan of n pages adds at most n contents and shared frames, and 2 n shared
-        # pages (a hint's page and the page scanned)
-        tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n, frames=n)
         guest = vm.guest.frames
         hint_rows, hint_tokens = self._read_hints(r, vm, salt, cursor, n)
         _, shared, _, missing = sharing_dp.scan(
