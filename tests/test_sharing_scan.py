@@ -280,7 +280,6 @@ def apply(machine: VirtualizedMachine, twin: OldSharing, step: tuple[str, int, i
         # what reap does for a VM the host stopped, for a few of its shared pages; then the
         # (still running) host forgets their mappings, as the stopped one has
         for page, shared in list(r.shared.items())[: n % 7 + 1]:
-            del r.shared[page]
             reclaimer._drop_ref(shared, (r.index, page))
             reclaim.unmap(machine.host.machine, vm.host_pid, page)
             del twin.shared[vm.index][page]
@@ -546,9 +545,11 @@ def test_the_open_addressing_table_behaves_as_a_dict(
             assert table[row, sd.FM_REFS] == model[(a, b)]
         if add and row < 0:
             if 2 * (int(counts[sd.FRAMES].sum()) + 1) > table.shape[0]:
-                bigger = np.zeros((table.shape[0] * 2, sd.N_FRAME), dtype=np.int64)
-                sd.rehash(table, bigger, counts, sd.FRAMES)
-                table = bigger
+                # rebuilt in place, twice as large (the new rows are zeros)
+                rows = table.shape[0]
+                table = np.concatenate([table, np.zeros_like(table)])
+                scratch = np.zeros(rows * sd.N_FRAME, dtype=np.int64)
+                sd.rehash(table, rows, 2 * rows, scratch, counts, sd.FRAMES)
             row = sd.place(table, counts, sd.FRAMES, a, b)
             table[row, sd.FM_REFS] = value
             model[(a, b)] = value

@@ -13,11 +13,13 @@ it asks of a memory, page by page, is here, compiled:
 - **page sharing** maps a real page to another frame holding the same content, read
   only, and frees its own; a frame becomes shared by passing to the hypervisor's own
   pseudo-process, pinned;
+- **active-memory sampling** marks the sampled pages a host pass touched;
 - **content sync**: the guest writes pages through its TLB, which the host does not see
   one by one (nor does the hardware: it sets the dirty bit of the host entry); before
   the host acts on a VM, each of its frames takes its real page's current content.
 
-All functions take the :class:`~.state.Machine` of the memory they act on.
+All functions but the sampler's take the :class:`~.state.Machine` of the memory they act
+on.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ from .layout import (
     PTE_SWAPPED,
     PTE_USER,
     PTE_WRITABLE,
+    RING_FRAME,
+    RING_WRITTEN,
     RMAP_SHIFT,
     S_FREE_TOP,
     S_HUGE_TOP,
@@ -270,6 +274,27 @@ def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
     return done
 
 
+# ---------------------------------------------------------- active-memory sampling
+
+
+@kernel
+def mark_touched(unseen: np.ndarray, pages: np.ndarray) -> int:
+    """Of ``pages`` (real pages a host pass touched), those of the period's sample not seen
+    yet (their bits in ``unseen``, bit ``p % 64`` of word ``p // 64``) are seen now: their
+    bits are cleared. Returns how many.
+
+    A bit a page, not a byte: a pass touches some ten thousand pages, and the sample's
+    bitmap (a few KiB) stays in the cache while they are looked up."""
+    seen = 0
+    for k in range(pages.shape[0]):
+        p = pages[k]
+        bit = np.uint64(1) << np.uint64(p & 63)
+        if unseen[p >> 6] & bit:
+            unseen[p >> 6] &= ~bit
+            seen += 1
+    return seen
+
+
 # --------------------------------------------------------------------- page sharing
 
 
@@ -381,6 +406,23 @@ def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
             if take_content(m, f, content[first + k, G_TOKEN]):
                 changed += 1
     return changed
+
+
+@kernel
+def doubled_pages(m: Machine, pid: int, ring: np.ndarray, n: int, out: np.ndarray) -> int:
+    """Of the real pages a guest wrote to its swap (the entries of the first ``n`` of its
+    eviction ``ring`` that stored a copy, in order), those ``pid``'s host entry says are
+    in swap, into ``out``: double paging. Returns how many."""
+    k = 0
+    for i in range(min(n, ring.shape[0])):
+        if ring[i, RING_WRITTEN] != 1:
+            continue
+        vpn = ring[i, RING_FRAME]
+        t, idx = leaf_entry(m, pid, vpn)
+        if t >= 0 and (m.tables[t, idx] & PTE_SWAPPED) != 0:
+            out[k] = vpn
+            k += 1
+    return k
 
 
 @kernel

@@ -32,9 +32,10 @@ page is then found by its next scan rather than through its old row.
 
 A scan visits every page it is given, but most contents are unique: a page is looked up
 and becomes a hint, and nothing else happens. So the tables are arrays and the scan is
-one compiled loop; only the pages that become shared are reported back to the control
-plane (:mod:`memvirt.hypervisor.reclamation`), as events, so it can keep its own
-``vm -> {real page: shared frame}`` dictionaries.
+one compiled loop. Nothing comes back to the control plane
+(:mod:`memvirt.hypervisor.reclamation`) but counts: its ``real page -> shared frame``
+mapping of each VM is a view of the VM's log (:class:`SharedPages`). The scan also lists
+the pages it shared, as events, for whoever follows sharing page by page (the tests).
 
 The tables are open-addressing hash tables: each one an ``int64[capacity, width]`` array
 of rows, a key's row found by hashing the key to a slot and stepping to the next slot
@@ -43,7 +44,9 @@ while the slot holds another key (*linear probing*). A removed row becomes a tom
 every table at most half full, counting tombstones, by rebuilding it before a step that
 may insert rows (a kernel cannot allocate): the rebuilt table holds the live rows only,
 sized by their number, so tombstones never pile up and a table whose rows were removed
-shrinks again.
+shrinks again. A table is rebuilt where it is, resized in place: memory never used
+before is dear (its pages are faulted in and zeroed), and a table that doubles needs new
+memory for its new half only.
 
 - **contents**: key (salt, token) -> a shared frame holding that content, or the hint
   (VM, real page) of the one page seen with it. The salt is -1 when VMs share with each
@@ -55,12 +58,12 @@ shrinks again.
 - **hints by page**: a bitmap per VM of the pages that are a hint, and the token each
   is hinted under (its row's key, with the VM's salt).
 
-Each VM also has a **log** of its shared pages, (real page, shared frame) in the order
-they were shared, as a Python ``dict`` keeps its keys: a page that stops being shared
-leaves a hole, and holes are closed up now and then, keeping the order. Checking a VM's
-shared pages before each host pass reads its log from start to end (mostly in page
-order too, the order the scan goes), and undoes broken sharing, freeing frames, in the
-order the control plane's dictionaries give.
+Each VM also has a **log** of its shared pages, (real page, shared frame, the frame's
+content) in the order they were shared, as a Python ``dict`` keeps its keys: a page that
+stops being shared leaves a hole, and holes are closed up now and then, keeping the
+order. Checking a VM's shared pages before each host pass reads its log from start to end
+(mostly in page order too, the order the scan goes), comparing each page's content with
+the one in the log, and undoes broken sharing, freeing frames, in that order.
 
 A kernel sees the guest arrays of the VM it scans only. When VMs share with each other, a
 hint may name a page of another VM, whose current token decides whether it still holds
@@ -76,8 +79,20 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .jit import inlined, kernel
-from .layout import F_FLAGS, FR_PINNED, FR_TABLE, G_TOKEN
-from .reclaim import frame_of, make_shared, map_shared, release_frames, unmap
+from .layout import (
+    F_FLAGS,
+    FR_PINNED,
+    FR_TABLE,
+    G_TOKEN,
+    G_VPN,
+    K_HUGE_SHIFT,
+    K_LEVELS,
+    P_ROOT,
+    PTE_HUGE,
+    PTE_PRESENT,
+    PTE_SHIFT,
+)
+from .reclaim import discard, frame_of, make_shared, map_shared, release_frames, unmap
 from .state import Machine
 
 # --- every table's row: its state and its key (a, b) --------------------------------
@@ -104,7 +119,8 @@ N_PAGE = 5
 # a VM's log: one entry per page shared, in order; LG_PAGE -1 for a page no longer shared
 LG_PAGE = 0
 LG_FRAME = 1
-N_LOG = 2
+LG_TOKEN = 2  # the shared frame's content, which stays as it is while the frame is shared
+N_LOG = 3
 # per VM: log entries used (live and holes), live entries
 LN_USED = 0
 LN_LIVE = 1
@@ -209,13 +225,31 @@ def remove(t: np.ndarray, counts: np.ndarray, which: int, s: int) -> None:
 
 
 @kernel
-def rehash(old: np.ndarray, new: np.ndarray, counts: np.ndarray, which: int) -> None:
-    """Copy the live rows of ``old`` into the empty ``new`` (contents or frames)."""
-    for s in range(old.shape[0]):
-        if old[s, H_STATE] == LIVE:
-            d = _free_row(new, old[s, H_A], old[s, H_B])
-            for c in range(old.shape[1]):
-                new[d, c] = old[s, c]
+def rehash(
+    t: np.ndarray, old_rows: int, new_rows: int, scratch: np.ndarray, counts: np.ndarray, which: int
+) -> None:
+    """Rebuild table ``t`` (row ``which`` of the counts) in place: the live rows of its
+    first ``old_rows`` rows go, without tombstones, into its first ``new_rows`` rows (a
+    power of two, at most ``t``'s rows, which are zeros from ``old_rows`` on), by way of
+    ``scratch`` (room for the live rows, one after another). The rows left empty are
+    zeros."""
+    width = t.shape[1]
+    n = 0
+    for s in range(old_rows):
+        if t[s, H_STATE] == LIVE:
+            for c in range(width):
+                scratch[n * width + c] = t[s, c]
+            n += 1
+        for c in range(width):
+            t[s, c] = 0
+    mask = new_rows - 1
+    for k in range(n):
+        row = k * width
+        d = _slot(scratch[row + H_A], scratch[row + H_B], mask)
+        while t[d, H_STATE] == LIVE:
+            d = (d + 1) & mask
+        for c in range(width):
+            t[d, c] = scratch[row + c]
     counts[which, 1] = 0
 
 
@@ -229,11 +263,12 @@ def is_shared(tb: Tables, vm: int, page: int) -> bool:
 
 
 @inlined
-def _add_page(tb: Tables, vm: int, page: int, frame: int) -> None:
+def _add_page(tb: Tables, vm: int, page: int, frame: int, token: int) -> None:
     tb.bits[vm, page >> 6] |= np.int64(1) << (page & 63)
     pos = tb.log_n[vm, LN_USED]
     tb.log[vm, pos, LG_PAGE] = page
     tb.log[vm, pos, LG_FRAME] = frame
+    tb.log[vm, pos, LG_TOKEN] = token
     tb.log_n[vm, LN_USED] = pos + 1
     tb.log_n[vm, LN_LIVE] += 1
     s = place(tb.pages, tb.counts, PAGES, vm, page)
@@ -376,20 +411,27 @@ def break_sharing(
     """Unshare the pages of ``vm`` whose contents changed (the guest's token is not the
     shared frame's) or that are in ``written``; they go into ``out`` in the order they
     were shared. Returns how many. ``out`` holds as many as ``vm`` has shared pages;
-    ``marks`` has a zero for each real page, and is left so."""
+    ``marks`` has a zero bit for each real page (bit ``p % 64`` of word ``p // 64``), and
+    is left so; only the written pages that are shared are marked (most written pages are
+    not)."""
     for k in range(written.shape[0]):
-        marks[written[k]] = 1
+        page = written[k]
+        if is_shared(tb, vm, page):
+            marks[page >> 6] |= np.uint64(1) << np.uint64(page & 63)
     log = tb.log
     n = 0
     for pos in range(tb.log_n[vm, LN_USED]):  # every page is judged before any is unshared
         page = log[vm, pos, LG_PAGE]
         if page < 0:
             continue
-        if marks[page] != 0 or g_fi64[page, G_TOKEN] != m.fi64[log[vm, pos, LG_FRAME], G_TOKEN]:
+        # the frame's content is in the log: no read of the host's frame, which would be a
+        # cache miss for nearly every shared page
+        marked = (marks[page >> 6] >> np.uint64(page & 63)) & np.uint64(1)
+        if marked != 0 or g_fi64[page, G_TOKEN] != log[vm, pos, LG_TOKEN]:
             out[n] = page
             n += 1
     for k in range(written.shape[0]):
-        marks[written[k]] = 0
+        marks[written[k] >> 6] = 0  # no page is unshared yet: the words marked are these
     for k in range(n):
         _unshare(m, tb, vm, pid, out[k])
     live = tb.log_n[vm, LN_LIVE]
@@ -412,7 +454,48 @@ def unshare_pages(
     return n
 
 
+@kernel
+def discard_pages(
+    m: Machine,
+    tb: Tables,
+    vm: int,
+    pid: int,
+    any_shared: bool,
+    pages: np.ndarray,
+    shared_out: np.ndarray,
+) -> int:
+    """The hypervisor frees what backs ``pages`` of ``vm`` (host process ``pid``), balloon
+    pages: those that map a shared frame stop mapping it, in order (when ``any_shared``:
+    the VM has shared pages at all), then :func:`.reclaim.discard` frees the frames and
+    swap slots of the rest. One call for what is two steps, as a balloon inflates by a
+    hundred pages or so at a time. Returns how many frames were freed."""
+    if any_shared:
+        for k in range(pages.shape[0]):
+            _unshare(m, tb, vm, pid, pages[k])
+    freed, _ = discard(m, pid, pages, shared_out)
+    return freed
+
+
 # ------------------------------------------------------------------------ the scan
+
+
+@inlined
+def _leaf_table(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
+    """Where the last-level entry of ``vpn`` is, as :func:`.reclaim.leaf_entry` finds it,
+    for every page its leaf table maps at once: (the leaf table, -1); (table, index) of
+    the entry of a huge page that maps ``vpn``; (-1, -1) when an upper level is missing."""
+    t = m.proc[pid, P_ROOT]
+    if t < 0:
+        return -1, -1
+    for lvl in range(m.cfg[K_LEVELS] - 1):
+        idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
+        e = m.tables[t, idx]
+        if (e & PTE_PRESENT) == 0:
+            return -1, -1
+        if e & PTE_HUGE:
+            return t, idx
+        t = m.fi64[e >> PTE_SHIFT, G_VPN]
+    return t, -1
 
 
 @kernel
@@ -481,15 +564,26 @@ def scan(
     elsewhere = 0
     missing = 0
     mask = contents.shape[0] - 1
+    # the pages go in order, so each leaf table of the VM's host table is found once, not
+    # walked to for every page (nothing the scan does changes the upper levels)
+    levels = m.cfg[K_LEVELS]
+    block_shift = m.shifts[levels - 2]
+    leaf_shift, leaf_mask = m.shifts[levels - 1], m.masks[levels - 1]
+    huge_mask = (1 << m.cfg[K_HUGE_SHIFT]) - 1
+    block, leaf, huge_at = -1, -1, -1
     for i in range(n):
         if i % _BATCH == 0:
-            # read the contents rows of the next pages' keys first, all at once: the table
-            # is larger than the caches, and misses that go out together overlap, where
-            # one at a time each would wait its turn (this decides nothing)
+            # read the contents rows of the next pages' keys first, all at once, and the rows
+            # of the hints that changed pages give up: the table is larger than the caches,
+            # and misses that go out together overlap, where one at a time each would wait
+            # its turn (this decides nothing)
             seen = 0
             for j in range(i, min(n, i + _BATCH)):
                 ahead = (cursor + j) % real_pages
-                seen += contents[_slot(salt, g_fi64[ahead, G_TOKEN], mask), H_STATE]
+                ahead_token = g_fi64[ahead, G_TOKEN]
+                seen += contents[_slot(salt, ahead_token, mask), H_STATE]
+                if is_hint(tb, vm, ahead) and tb.hint_token[vm, ahead] != ahead_token:
+                    seen += contents[_slot(salt, tb.hint_token[vm, ahead], mask), H_STATE]
             tb.one[0] = seen  # a use, so that the reads stay
         page = (cursor + i) % real_pages
         # balloon pages are not the guest's to share, and page-table pages change
@@ -498,9 +592,18 @@ def scan(
             continue
         if is_shared(tb, vm, page):
             continue
-        f = frame_of(m, pid, page)
-        if f < 0:  # not in memory
+        # the frame the page is in (frame_of's answer)
+        if page >> block_shift != block:
+            block = page >> block_shift
+            leaf, huge_at = _leaf_table(m, pid, page)
+        if leaf < 0:  # never mapped
             continue
+        e = m.tables[leaf, huge_at if huge_at >= 0 else (page >> leaf_shift) & leaf_mask]
+        if (e & PTE_PRESENT) == 0:  # not in memory
+            continue
+        f = e >> PTE_SHIFT
+        if e & PTE_HUGE:
+            f += page & huge_mask
         token = g_fi64[page, G_TOKEN]
         cs = find(contents, salt, token)
         if cs >= 0 and contents[cs, CT_VALUE] >= 0:  # a shared frame holds it
@@ -508,7 +611,7 @@ def scan(
             _drop_hint(tb, salt, vm, page)  # a row of an older content of this page
             map_shared(m, f, shared)
             tb.frames[find(tb.frames, shared, 0), FM_REFS] += 1
-            _add_page(tb, vm, page, shared)
+            _add_page(tb, vm, page, shared, token)
             events[k, 0], events[k, 1], events[k, 2] = vm, page, shared
             k += 1
             shared_pages += 1
@@ -541,13 +644,13 @@ def scan(
                 tb.frames[fs, FM_REFS] = 2
                 tb.frames[fs, FM_SALT] = salt
                 tb.frames[fs, FM_TOKEN] = token
-                _add_page(tb, hvm, hpage, hf)
+                _add_page(tb, hvm, hpage, hf, token)
                 events[k, 0], events[k, 1], events[k, 2] = hvm, hpage, hf
                 k += 1
                 if hvm != vm:
                     elsewhere += 1
                 map_shared(m, f, hf)
-                _add_page(tb, vm, page, hf)
+                _add_page(tb, vm, page, hf, token)
                 events[k, 0], events[k, 1], events[k, 2] = vm, page, hf
                 k += 1
                 shared_pages += 1
@@ -591,11 +694,10 @@ class SharingTables:
         self.hint_token = np.zeros((0, 0), dtype=np.int64)
         #: room for a scan's events: (vm, real page, shared frame)
         self.events = np.zeros((0, 3), dtype=np.int64)
-        #: a zero per real page (of the largest VM), for break_sharing
-        self.marks = np.zeros(0, dtype=np.uint8)
-        # rows each table, and entries each log, can still take before a rebuild: kernels
-        # add no more than reserved, and removing never takes room (nor does closing up)
-        self._room_left = (0, 0, 0, 0)
+        #: room for the live rows of a table being rebuilt, one after another
+        self.scratch = np.zeros(0, dtype=np.int64)
+        #: a zero bit per real page (of the largest VM), for break_sharing
+        self.marks = np.zeros(0, dtype=np.uint64)
 
     @property
     def bundle(self) -> Tables:
@@ -606,46 +708,67 @@ class SharingTables:
     def reserve(self, vms: int, real_pages: int, contents: int, pages: int, frames: int) -> None:
         """Room for VMs ``0 .. vms - 1`` of up to ``real_pages`` pages each, for so many new
         rows in each table, new entries in any VM's log, and ``pages`` events; each table is
-        kept at most half full."""
-        # the events are one step's, not a running total as the room left is: they must fit
-        # whatever room the tables have left (a scan of more pages than the one before
-        # wrote past the end of the array: the heap was corrupted)
+        kept at most half full.
+
+        The room is judged on the rows and entries in use now (a few numbers), so that a
+        table is rebuilt, or a log closed up or grown, only when a step could not
+        otherwise be done: most steps add far fewer rows than they reserve."""
+        # the events are one step's: they must fit whatever room the tables have left (a scan
+        # of more pages than the one before wrote past the end of the array: the heap was
+        # corrupted)
         if self.events.shape[0] < pages:
             self.events = np.zeros((max(pages, 2 * self.events.shape[0]), 3), dtype=np.int64)
-        c, p, f, lg = self._room_left
         rows, words = self.bits.shape
-        if (
-            max(contents - c, pages - p, frames - f, pages - lg) <= 0
-            and vms <= rows
-            and real_pages <= 64 * words
-        ):
-            self._room_left = (c - contents, p - pages, f - frames, lg - pages)
-            return
         if vms > rows or real_pages > 64 * words:
             shape = (max(vms, rows), max(-(-real_pages // 64), words))
             self.bits = _grown(self.bits, shape)
             self.hinted = _grown(self.hinted, shape)
             self.hint_token = _grown(self.hint_token, (shape[0], 64 * shape[1]))
-        self.contents = self._room(self.contents, CONTENTS, contents)
-        self.pages = self._room(self.pages, PAGES, pages)
-        self.frames = self._room(self.frames, FRAMES, frames)
-        self._log_room(vms, pages)
-        c, p, f = (
-            t.shape[0] // 2 - int(self.counts[which].sum())
-            for which, t in enumerate((self.contents, self.pages, self.frames))
-        )
-        lg = self.log.shape[1] - int(self.log_n[:, LN_USED].max(initial=0))
-        self._room_left = (c - contents, p - pages, f - frames, lg - pages)
+        (c_live, c_dead), (p_live, p_dead), (f_live, f_dead) = self.counts.tolist()
+        if 2 * (c_live + c_dead + contents) > self.contents.shape[0]:
+            self._rebuild("contents", CONTENTS, c_live, contents)
+        if 2 * (p_live + p_dead + pages) > self.pages.shape[0]:
+            self._rebuild("pages", PAGES, p_live, pages)
+        if 2 * (f_live + f_dead + frames) > self.frames.shape[0]:
+            self._rebuild("frames", FRAMES, f_live, frames)
+        most = max(self.log_n[:, LN_USED].tolist(), default=0)
+        if vms > self.log.shape[0] or most + pages > self.log.shape[1]:
+            self._log_room(vms, pages)
 
-    def _room(self, table: np.ndarray, which: int, extra: int) -> np.ndarray:
-        """``table`` if it takes ``extra`` more rows and stays at most half full; else a
-        rebuilt one, without tombstones, a third full or less."""
-        live, dead = (int(x) for x in self.counts[which])
-        if 2 * (live + dead + extra) <= table.shape[0]:
-            return table
-        new = np.zeros((_capacity(live + extra, extra), table.shape[1]), dtype=np.int64)
-        rehash(table, new, self.counts, which)
-        return new
+    def _rebuild(self, name: str, which: int, live: int, extra: int) -> None:
+        """Rebuild table ``name`` (row ``which`` of the counts, ``live`` rows in use) without
+        tombstones, a third full or less with ``extra`` more rows.
+
+        The table is rebuilt where it is, grown or shrunk in place (numpy's ``resize``: a
+        large block is extended by remapping its pages, without a copy), by way of a
+        scratch array kept from one rebuild to the next. Memory never used before costs
+        more than the rebuild itself (each page is faulted in and zeroed): a table that
+        doubles takes new memory for its new half only, and one rebuilt at its size (to
+        clear tombstones) takes none."""
+        old, width = getattr(self, name).shape
+        cap = _capacity(live + extra, extra)
+        if self.scratch.shape[0] < live * width:
+            self.scratch = np.zeros(max(live * width, 2 * self.scratch.shape[0]), dtype=np.int64)
+        if cap > old:
+            self._resize(name, cap)
+        rehash(getattr(self, name), old, cap, self.scratch, self.counts, which)
+        if cap < old:
+            self._resize(name, cap)
+
+    def _resize(self, name: str, rows: int) -> None:
+        """Table ``name`` with ``rows`` rows: its first rows kept, new ones zeros."""
+        try:
+            # the attribute is the one reference numpy allows: the array is not a view, nor
+            # held by anything else (as a kernel's arguments are only during the call)
+            getattr(self, name).resize((rows, getattr(self, name).shape[1]), refcheck=True)
+        except ValueError:  # it is held elsewhere too: a new array
+            table = getattr(self, name)
+            if rows <= table.shape[0]:
+                setattr(self, name, table[:rows].copy())
+            else:
+                new = np.zeros((rows, table.shape[1]), dtype=np.int64)
+                new[: table.shape[0]] = table
+                setattr(self, name, new)
 
     def _log_room(self, vms: int, extra: int) -> None:
         """Logs for ``vms`` VMs, each with room for ``extra`` more entries, at most half
@@ -666,9 +789,9 @@ class SharingTables:
         self.log, self.log_n = log, log_n
 
     def marks_for(self, real_pages: int) -> np.ndarray:
-        """A zero for each of ``real_pages`` pages (break_sharing leaves them zero)."""
-        if self.marks.shape[0] < real_pages:
-            self.marks = np.zeros(real_pages, dtype=np.uint8)
+        """A zero bit for each of ``real_pages`` pages (break_sharing leaves them zero)."""
+        if 64 * self.marks.shape[0] < real_pages:
+            self.marks = np.zeros(-(-real_pages // 64), dtype=np.uint64)
         return self.marks
 
     @property
@@ -715,6 +838,44 @@ def content_key(salt: int, token: int) -> Any:
     """A content's key as the control plane names it: the token, or (VM, token) when
     salted."""
     return token if salt == NO_SALT else (salt, token)
+
+
+class SharedPages(Mapping[int, int]):
+    """real page -> shared frame, for the pages of one VM that map a shared frame, in the
+    order they were shared: a read-only view of the VM's log. Its length and whether a
+    page is in it are read from the arrays at once; the control plane asks for little
+    else, so nothing is kept beside the tables (a dictionary kept in step with them cost
+    more than the kernels that change them)."""
+
+    def __init__(self, tables: SharingTables, vm: int) -> None:
+        self._tables = tables
+        self._vm = vm
+
+    def __len__(self) -> int:
+        log_n = self._tables.log_n
+        return int(log_n[self._vm, LN_LIVE]) if self._vm < log_n.shape[0] else 0
+
+    def __contains__(self, page: object) -> bool:
+        bits = self._tables.bits
+        if not isinstance(page, int | np.integer) or self._vm >= bits.shape[0]:
+            return False
+        page = int(page)
+        if not 0 <= page < 64 * bits.shape[1]:
+            return False
+        return (int(bits[self._vm, page >> 6]) >> (page & 63)) & 1 != 0
+
+    def __getitem__(self, page: int) -> int:
+        if page not in self:
+            raise KeyError(page)
+        pages = self._tables.pages
+        return int(pages[find(pages, self._vm, page), PG_FRAME])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([page for page, _ in self._tables.shared_pages(self._vm)])
+
+    def items(self) -> ItemsView[int, int]:
+        # one pass over the log, not a lookup per page
+        return dict(self._tables.shared_pages(self._vm)).items()
 
 
 class SharedFrames(Mapping[int, tuple[Any, set[tuple[int, int]]]]):

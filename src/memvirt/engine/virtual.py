@@ -58,10 +58,8 @@ from memvirt.dataplane.layout import (
     K_RECORD,
     K_RING,
     N_RING,
-    RING_FRAME,
     RING_OWNER,
     RING_VPN,
-    RING_WRITTEN,
     S_REC_N,
     S_RING_N,
     S_TOKEN,
@@ -409,12 +407,6 @@ class VirtualizedMachine:
         took += hd["compressions"] * cost.compress_ns
         return took
 
-    def guest_written(self, vm: VM) -> np.ndarray:
-        """Real pages the guest wrote to its swap since its ring was last cleared."""
-        n = min(int(vm.guest.st[S_RING_N]), vm.guest.ring.shape[0])
-        ring = vm.guest.ring[:n]
-        return np.ascontiguousarray(ring[ring[:, RING_WRITTEN] == 1, RING_FRAME])
-
     def shoot_down(self, vm: VM, real_pages: np.ndarray) -> None:
         """Invalidate the guest translations that lead to ``real_pages`` (TLB entries and
         page-walk cache entries), so that the next access to each is seen by the host."""
@@ -621,7 +613,7 @@ class VirtualizedMachine:
         # walked data pages the host does not hold as the guest does: writes too
         reclaim.mark_stale(host_m, vm.host_pid, pages[data], content, data_writes)
         writes[data] = data_writes
-        doubled = reclaimer.double_paging(vm, self.guest_written(vm))
+        doubled = reclaimer.double_paging(vm)
         if self.walk_caches and pages.size:
             keep = np.empty(pages.size, dtype=np.uint8)
             kept = native.walk_cache_filter(

@@ -54,7 +54,9 @@ from memvirt.config import HypervisorConfig
 from memvirt.dataplane import native, reclaim
 from memvirt.dataplane import sharing as sharing_dp
 from memvirt.dataplane.layout import (
+    C_ACCESSES,
     C_COMPRESSIONS,
+    C_MAJOR,
     G_TOKEN,
     K_COMPRESS,
     P_COMP_BYTES,
@@ -97,8 +99,7 @@ class Sharing:
     most, so the table holds a row per page and shared frame at most), the shared pages
     of each VM and the reference counts of the shared frames are arrays, which the scan's
     kernel reads and updates (:mod:`memvirt.dataplane.sharing`). Each VM's
-    ``VMReclaim.shared`` follows them: the kernels report every page they share and
-    unshare.
+    ``VMReclaim.shared`` is a view of them.
     """
 
     tables: sharing_dp.SharingTables = field(default_factory=sharing_dp.SharingTables)
@@ -123,13 +124,16 @@ class VMReclaim:
     balloon_pid: int
     estimator: ActiveEstimator
     rng: np.random.Generator
+    #: real page -> shared frame, for this VM's pages backed by a shared frame, in the
+    #: order they were shared (a view of the sharing tables)
+    shared: sharing_dp.SharedPages
     target: int = 0
     balloon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     balloon_n: int = 0
-    #: real page -> shared frame, for this VM's pages backed by a shared frame
-    shared: dict[int, int] = field(default_factory=dict)
     cache_frames: list[int] = field(default_factory=list)
-    sampled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    #: the pages of this period's sample that no host pass has touched yet, a bit each
+    sample_unseen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    sample_seen: int = 0
     sample_size: int = 0
     scan_cursor: int = 0
     active_true: float = 0.0
@@ -194,8 +198,9 @@ class Reclaimer:
                     balloon_pid=vm.balloon_pid,
                     estimator=ActiveEstimator(fast_gain=ac.fast_gain, slow_gain=ac.slow_gain),
                     rng=np.random.default_rng([seed, 7, len(self.vms)]),
+                    shared=sharing_dp.SharedPages(self.sharing.tables, len(self.vms)),
                     target=vm.real_pages,
-                    sampled=np.zeros(vm.real_pages, dtype=np.uint8),
+                    sample_unseen=np.zeros(-(-vm.real_pages // 64), dtype=np.uint64),
                 )
             )
         cc = config.compression
@@ -252,38 +257,38 @@ class Reclaimer:
         is about to see a write to them: ``written``); return the real pages whose sharing
         broke, which the host must touch again as writes (the copies)."""
         r = self.vms[vm.index]
-        if not r.shared:
+        live = len(r.shared)
+        if not live:
             return np.zeros(0, dtype=np.int64)
         tables = self.sharing.tables
-        out = np.empty(len(r.shared), dtype=np.int64)
+        out = np.empty(live, dtype=np.int64)
         written = np.ascontiguousarray(written, dtype=np.int64)
         n = sharing_dp.break_sharing(self.host.machine, tables.bundle, vm.guest.frames.fi64,
                                      vm.index, vm.host_pid, written,
                                      tables.marks_for(r.real_pages), out)  # fmt: skip
-        broken = out[:n]
-        for page in broken.tolist():
-            del r.shared[page]
         self.sharing.copies += n
-        return broken
+        return out[:n]
 
     def after_host_pass(self, vm: VM, pages: np.ndarray) -> None:
         """Mark sampled pages touched; settle the compression caches."""
         r = self.vms[vm.index]
-        if r.sample_size and pages.size:
-            seen = pages[r.sampled[pages] == 1]
-            r.sampled[seen] = 2
+        if r.sample_seen < r.sample_size and pages.size:
+            pages = np.ascontiguousarray(pages, dtype=np.int64)
+            r.sample_seen += reclaim.mark_touched(r.sample_unseen, pages)
         self._settle_caches()
 
-    def double_paging(self, vm: VM, evicted: np.ndarray) -> np.ndarray:
-        """Of the real pages the guest just wrote to its swap, those the hypervisor had
-        swapped out: each costs one extra read (double paging)."""
-        if evicted.size == 0:
-            return evicted
-        out = np.empty(evicted.size, dtype=np.int64)
-        n = reclaim.swapped_pages(self.host.machine, vm.host_pid, evicted, out)
-        self.vms[vm.index].double_paging_reads += n
-        doubled: np.ndarray = evicted[out[:n]]
-        return doubled
+    def double_paging(self, vm: VM) -> np.ndarray:
+        """Of the real pages the guest wrote to its swap since its eviction ring was
+        cleared, those the hypervisor had swapped out: each costs one extra read (double
+        paging)."""
+        ring = vm.guest.ring
+        n = min(int(vm.guest.st[S_RING_N]), ring.shape[0])
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        out = np.empty(n, dtype=np.int64)
+        k = reclaim.doubled_pages(self.host.machine, vm.host_pid, ring, n, out)
+        self.vms[vm.index].double_paging_reads += k
+        return out[:k]
 
     # ---------------------------------------------------------------- the control step
 
@@ -294,7 +299,6 @@ class Reclaimer:
             if self.host.alive(vm.host_pid) or not (r.shared or r.cache_frames):
                 continue
             for page, shared in list(r.shared.items()):
-                del r.shared[page]
                 self._drop_ref(shared, (r.index, page))
             if r.cache_frames:
                 frames = np.array(r.cache_frames, dtype=np.int64)
@@ -365,8 +369,7 @@ class Reclaimer:
         ac = self.config.allocation
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             if r.sample_size:
-                touched = int(np.count_nonzero(r.sampled == 2))
-                fraction = touched / r.sample_size
+                fraction = r.sample_seen / r.sample_size
                 if r.periods == 0:  # the first measurement: both averages start from it
                     r.estimator.fast = r.estimator.slow = fraction
                 r.estimator.add_sample(fraction)
@@ -374,10 +377,12 @@ class Reclaimer:
                 r.active_true_sum += r.active_true
                 r.active_estimate_sum += r.estimator.estimate
                 r.periods += 1
-            r.sampled[:] = 0
             k = min(ac.sample_pages, r.real_pages)
             pick = r.rng.choice(r.real_pages, size=k, replace=False)
-            r.sampled[pick] = 1
+            r.sample_unseen[:] = 0
+            bits = np.left_shift(np.uint64(1), (pick & 63).astype(np.uint64))
+            np.bitwise_or.at(r.sample_unseen, pick >> 6, bits)  # pages may share a word
+            r.sample_seen = 0
             r.sample_size = k
             # as ESX does, the sampled pages' translations are invalidated, so that the next
             # access to each is seen
@@ -389,6 +394,7 @@ class Reclaimer:
         share of the scan rate for ``dt`` seconds."""
         sc = self.config.sharing
         total = None if sc.total_rate is None else int(sc.total_rate / self.page * dt)
+        plan = []
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             rate = (sc.scan_rate / self.page) if sc.scan_rate is not None else (
                 r.real_pages / sc.scan_period)  # fmt: skip
@@ -397,25 +403,39 @@ class Reclaimer:
                 n = min(n, total)
                 total -= n
             if n > 0:
-                self.scan(vm, n)
+                plan.append((vm, n))
+        if plan:
+            # room for the step's scans at once: the tables are not rebuilt between them
+            self._reserve(sum(n for _, n in plan))
+            for vm, n in plan:
+                self._scan_pages(vm, n)
 
     def scan(self, vm: VM, n: int) -> None:
         """Scan the next ``n`` real pages of ``vm`` (from its cursor, wrapping; at most all
         of them) for contents to share.
 
-        A kernel (:func:`memvirt.dataplane.sharing.scan`) visits the pages; it reports
-        the pages it shared, which join their VMs' ``shared`` dictionaries in order."""
+        A kernel (:func:`memvirt.dataplane.sharing.scan`) visits the pages; the pages
+        it shares join their VMs' logs, which ``VMReclaim.shared`` shows."""
+        self._reserve(n)
+        self._scan_pages(vm, n)
+
+    def _reserve(self, n: int) -> None:
+        """Room in the sharing tables for scans of ``n`` pages in all: they add at most n
+        contents and shared frames, and 2 n shared pages (a hint's page and the page
+        scanned)."""
+        self.sharing.tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n,
+                                    frames=n)  # fmt: skip
+
+    def _scan_pages(self, vm: VM, n: int) -> None:
+        """:meth:`scan`, the tables' room reserved."""
         r = self.vms[vm.index]
         cursor = r.scan_cursor
         r.scan_cursor = int((r.scan_cursor + n) % r.real_pages)
         salt = r.index if not self.config.sharing.inter_vm else sharing_dp.NO_SALT
         tables = self.sharing.tables
-        # a scan of n pages adds at most n contents and shared frames, and 2 n shared
-        # pages (a hint's page and the page scanned)
-        tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n, frames=n)
         guest = vm.guest.frames
         hint_rows, hint_tokens = self._read_hints(r, vm, salt, cursor, n)
-        events, shared, elsewhere, missing = sharing_dp.scan(
+        _, shared, _, missing = sharing_dp.scan(
             self.host.machine, tables.bundle, guest.fi64, guest.fi32, r.index, vm.host_pid,
             salt, cursor, n, r.real_pages, self._host_pids, self.machine.hypervisor_pid,
             hint_rows, hint_tokens, tables.events,
@@ -423,8 +443,6 @@ class Reclaimer:
         if missing:
             raise RuntimeError(f"sharing scan of {vm.name}: {missing} hints not read before")
         self.reclaimed["sharing"] += int(shared)
-        if events:
-            self._add_shared(tables.events[:events], None if elsewhere else r)
 
     @cached_property
     def _host_pids(self) -> np.ndarray:
@@ -435,15 +453,6 @@ class Reclaimer:
     def _most_pages(self) -> int:
         """The real pages of the largest VM."""
         return max(r.real_pages for r in self.vms)
-
-    def _add_shared(self, events: np.ndarray, only: VMReclaim | None) -> None:
-        """The pages a scan shared, rows (vm, real page, shared frame), join their VMs'
-        ``shared`` in order (a page is shared at most once in a scan); ``only``: all are
-        that VM's."""
-        groups = [only] if only is not None else [self.vms[v] for v in np.unique(events[:, 0])]
-        for r in groups:
-            mine = events if only is not None else events[events[:, 0] == r.index]
-            r.shared.update(zip(mine[:, 1].tolist(), mine[:, 2].tolist(), strict=True))
 
     def _read_hints(
         self, r: VMReclaim, vm: VM, salt: int, cursor: int, n: int
@@ -476,15 +485,12 @@ class Reclaimer:
 
     def _unshare_pages(self, vm: VM, pages: np.ndarray) -> None:
         """Those of ``pages`` of ``vm`` that map a shared frame no longer do, in order."""
-        r = self.vms[vm.index]
-        if not r.shared:
+        if not self.vms[vm.index].shared:
             return
         out = np.empty(pages.size, dtype=np.int64)
         pages = np.ascontiguousarray(pages, dtype=np.int64)
-        n = sharing_dp.unshare_pages(self.host.machine, self.sharing.tables.bundle, vm.index,
-                                     vm.host_pid, pages, out)  # fmt: skip
-        for page in out[:n].tolist():
-            del r.shared[page]
+        sharing_dp.unshare_pages(self.host.machine, self.sharing.tables.bundle, vm.index,
+                                 vm.host_pid, pages, out)  # fmt: skip
 
     def _drop_ref(self, shared: int, who: tuple[int, int]) -> None:
         """``who`` (vm index, real page) no longer maps ``shared``; after the last page, the
@@ -498,17 +504,19 @@ class Reclaimer:
         bc = self.config.balloon
         inflate_cap = int(bc.inflate_rate / self.page * dt)
         deflate_cap = int(bc.deflate_rate / self.page * dt)
+        ballooning = self.states.enabled("ballooning")
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             if not r.has_driver:
                 continue
             most = int(r.real_pages * bc.max_percent / 100.0)
-            over_limit = max(0, self.allocated(vm) - r.maximum)
+            allocated = self.allocated(vm)
+            over_limit = max(0, allocated - r.maximum)
             if state == "high":
                 want = r.balloon_n + over_limit if over_limit else 0
-            elif self.states.enabled("ballooning"):
-                want = r.balloon_n + self.allocated(vm) - r.target
+            elif ballooning:
+                want = r.balloon_n + allocated - r.target
             else:
-                want = r.balloon_n if self.allocated(vm) >= r.target else 0
+                want = r.balloon_n if allocated >= r.target else 0
             want = max(0, min(most, want))
             if want > r.balloon_n:
                 self._inflate(r, vm, min(want - r.balloon_n, inflate_cap))
@@ -531,7 +539,7 @@ class Reclaimer:
             k = reclaim.balloon_inflate(guest_m, r.balloon_pid, ask, out[got:])
             # guest pages written to its swap that the hypervisor had swapped must be read
             # back first: that read stalls the guest
-            extra = self.double_paging(vm, self.machine.guest_written(vm))
+            extra = self.double_paging(vm)
             if extra.size:
                 hd = self.machine.host_touch(vm, extra, np.zeros(extra.size, np.uint8))
                 r.pending_ns += self.machine.host_stall(hd)
@@ -548,10 +556,13 @@ class Reclaimer:
         r.balloon_n += got
 
     def _discard(self, r: VMReclaim, vm: VM, pages: np.ndarray) -> None:
-        """The hypervisor frees what backs the balloon's pages."""
-        self._unshare_pages(vm, pages)
+        """The hypervisor frees what backs the balloon's pages (shared ones are unshared
+        first)."""
+        pages = np.ascontiguousarray(pages, dtype=np.int64)
         shared_out = np.empty(max(1, pages.size), dtype=np.int64)
-        freed, _ = reclaim.discard(self.host.machine, vm.host_pid, pages, shared_out)
+        freed = sharing_dp.discard_pages(self.host.machine, self.sharing.tables.bundle,
+                                         vm.index, vm.host_pid, len(r.shared) > 0, pages,
+                                         shared_out)  # fmt: skip
         self.reclaimed["ballooning"] += int(freed)
         self.machine.forget(vm, pages)
 
@@ -610,6 +621,11 @@ class Reclaimer:
     def _settle_caches(self) -> None:
         """Each VM's compression cache holds as many frames as its compressed bytes fill."""
         host = self.host
+        if not self.config.compression.enabled:
+            # no cache holds a byte (each one's capacity is 0): nothing to take or give back,
+            # after every host pass
+            self.machine.shoot_down_evicted()
+            return
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             used = int(host.proc[vm.host_pid, P_COMP_BYTES])
             need = -(-used // self.page)
@@ -629,23 +645,28 @@ class Reclaimer:
     def _record(self, now: float) -> None:
         """Keep the maxima; add the time series' rows when one is due."""
         free = self.free_pages()
-        for r, vm in zip(self.vms, self.machine.vms, strict=True):
+        due = now >= self.next_row
+        shared_frames = len(self.sharing.owners)
+        # the VMs' host rows read at once, as lists: one numpy call, not a few per figure
+        procs = self.host.proc[self._host_pids].tolist()
+        for r, vm, proc in zip(self.vms, self.machine.vms, procs, strict=True):
             shared = len(r.shared)
-            compressed = self.compressed(vm)
-            swapped = self.host_swapped(vm)
+            compressed = proc[P_COMPRESSED]
+            swapped = proc[P_SWAPPED] - compressed
             m = r.maxima
             m["balloon"] = max(m["balloon"], r.balloon_n)
             m["shared"] = max(m["shared"], shared)
             m["compressed"] = max(m["compressed"], compressed)
             m["host_swapped"] = max(m["host_swapped"], swapped)
-            if now < self.next_row:
+            if not due:
                 continue
-            g = vm.guest.counters()
+            # the guest's counters summed over its processes, as Kernel.counters does
+            guest = vm.guest.pctr.tolist()
             self.rows.append(
                 {
                     "time_s": now / 1e9,
                     "vm": vm.name,
-                    "allocated_pages": self.allocated(vm),
+                    "allocated_pages": proc[P_RESIDENT] + len(r.cache_frames),
                     "target_pages": r.target,
                     "active_true": r.active_true,
                     "active_estimated": r.estimator.estimate,
@@ -653,15 +674,15 @@ class Reclaimer:
                     "shared_pages": shared,
                     "compressed_pages": compressed,
                     "host_swapped_pages": swapped,
-                    "accesses": g["accesses"],
-                    "guest_major_faults": g["major_faults"],
-                    "host_major_faults": self.host.counters(vm.host_pid)["major_faults"],
+                    "accesses": sum(row[C_ACCESSES] for row in guest),
+                    "guest_major_faults": sum(row[C_MAJOR] for row in guest),
+                    "host_major_faults": int(self.host.pctr[vm.host_pid, C_MAJOR]),
                     "host_free_pages": free,
-                    "host_shared_frames": len(self.sharing.owners),
+                    "host_shared_frames": shared_frames,
                     "host_state": self.states.state,
                 }
             )
-        if now >= self.next_row:
+        if due:
             period = self.config.timeseries_period
             self.next_row = now + (0.0 if period is None else period * 1e9)
 

@@ -42,14 +42,13 @@ class TimeSeries:
             self._f = np.concatenate([self._f, np.zeros_like(self._f)])
             self._i = np.concatenate([self._i, np.zeros_like(self._i)])
         k = self.n
-        for j, c in enumerate(self._float):
-            self._f[k, j] = row[c]
-        for j, c in enumerate(self._int):
-            self._i[k, j] = row[c]
-        base = len(self._int)
-        for j, c in enumerate(self._label):
-            codes = self._codes[j]
-            self._i[k, base + j] = codes.setdefault(row[c], len(codes))
+        # a row in two assignments, not one per column (a row is written at every control
+        # step, for every VM)
+        self._f[k] = [row[c] for c in self._float]
+        self._i[k] = [row[c] for c in self._int] + [
+            codes.setdefault(row[c], len(codes))
+            for codes, c in zip(self._codes, self._label, strict=True)
+        ]
         self.n += 1
 
     def frame(self) -> Any:
