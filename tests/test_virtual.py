@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from memvirt.config import ScenarioError, scenario_from_dict
+import memvirt.engine.virtual as virtual
+from memvirt.config import ScenarioError, load_scenario, scenario_from_dict
 from memvirt.dataplane.layout import S_REC_N
 from memvirt.engine.explain import explain, explain_two_level
 from memvirt.engine.scenario import build, run
 from memvirt.engine.virtual import VirtualizedMachine
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 PAGE = 4096
 
@@ -280,3 +284,16 @@ def test_host_huge_pages_cannot_be_overcommitted() -> None:
     data["hypervisor"]["huge_pages"] = True
     with pytest.raises(ScenarioError, match="cannot be overcommitted"):
         scenario_from_dict(data)
+
+
+def test_a_host_pass_that_evicts_more_than_its_log_holds_keeps_every_swap_copy_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a log of 8 evictions, so that nearly every pass of a thrashing host overflows it:
+    # the swap copies must then all be put right, or the check finds a page wrong
+    monkeypatch.setattr(virtual, "RING_CAPACITY", 8)
+    settings = ["run.accesses=400000", "run.check=true", "host.memory=96MiB",
+                "vms.0.memory=64MiB", "vms.1.memory=96MiB"]  # fmt: skip
+    scenario = load_scenario(EXAMPLES / "two-level-nested.toml", settings)
+    summary = run(scenario).summary  # the check runs after every quantum
+    assert sum(vm["host_swap_outs"] for vm in summary["vms"]) > 1000

@@ -466,6 +466,26 @@ def fix_swap_copies(m: Machine, ring: np.ndarray, n: int, pid: int, content: np.
 
 
 @kernel
+def fix_all_swap_copies(m: Machine, pid: int, content: np.ndarray) -> None:
+    """:func:`fix_swap_copies` for every page of ``pid`` in swap (when the eviction log
+    overflowed): each takes ``content[vpn]``. Pages swapped out earlier hold it already;
+    those of the pass that overflowed the log may lag behind it. Visits the pages' leaf
+    tables, one walk per table."""
+    levels = m.cfg[K_LEVELS]
+    span = 1 << m.shifts[levels - 2]
+    mask = m.masks[levels - 1]
+    npages = content.shape[0]
+    for first in range(0, npages, span):
+        t, idx = leaf_entry(m, pid, first)
+        if t < 0 or (m.tables[t, idx] & PTE_HUGE) != 0:
+            continue  # nothing mapped there, or a huge page (never swapped)
+        for k in range(min(span, npages - first)):
+            e = m.tables[t, (first + k) & mask]
+            if e & PTE_SWAPPED:
+                m.swap_token[e >> PTE_SHIFT] = content[first + k, G_TOKEN]
+
+
+@kernel
 def host_copy(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
     """Where the host keeps page ``vpn`` of ``pid`` and its content: (1, token) in a frame,
     (2, token) in a swap slot or the compression cache, (0, 0) nowhere."""

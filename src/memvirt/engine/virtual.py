@@ -391,8 +391,11 @@ class VirtualizedMachine:
         evicted = int(self.host.st[S_RING_N])
         host_m = self.host.machine  # anew: the run may have grown the table pool
         for other in self.vms:
-            reclaim.fix_swap_copies(host_m, self.host.ring, evicted, other.host_pid,
-                                    other.guest.frames.fi64)  # fmt: skip
+            content = other.guest.frames.fi64
+            if evicted > self.host.ring.shape[0]:  # the ring overflowed: every swapped page
+                reclaim.fix_all_swap_copies(host_m, other.host_pid, content)
+            else:
+                reclaim.fix_swap_copies(host_m, self.host.ring, evicted, other.host_pid, content)
         reclaim.settle_tokens(host_m, vm.host_pid, data_pages, vm.guest.frames.fi64)
         self.shoot_down_evicted()
 
