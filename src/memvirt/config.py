@@ -1180,7 +1180,7 @@ def _cross_check(s: Scenario) -> list[tuple[Loc, object, str]]:
                 loc,
                 value,
                 f"at most {MAX_PAGES} pages ({_size(MAX_PAGES * ps)} of {_size(ps)} pages): "
-                f"memvirt keeps every page in memory",
+                f"memvirt keeps the state of every page (and of every swap slot in use) in memory",
             )
 
     bounded(("host", "memory"), host.memory)
