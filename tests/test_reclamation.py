@@ -276,9 +276,9 @@ def test_the_accounting_check_finds_a_frame_owned_and_free_at_once() -> None:
     assert isinstance(machine, VirtualizedMachine)
     machine.run(accesses=2_000)  # the host is not full yet: frames are free
     host = machine.host
-    top = int(host.st[0])  # S_FREE_TOP
-    assert top > 0
-    frame = int(host.frames.free_stack[top - 1])
-    host.frames.fi32[frame, 0] = machine.vms[1].host_pid  # owned, yet on the free stack
-    with pytest.raises(AccountingError, match="on the free stack has an owner"):
+    free = host.free_frames()
+    assert free.size > 0
+    frame = int(free[0])
+    host.frames.fi32[frame, 0] = machine.vms[1].host_pid  # owned, yet on the free list
+    with pytest.raises(AccountingError, match="on the free list has an owner"):
         machine.check_accounting("after the corruption")

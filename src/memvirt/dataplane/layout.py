@@ -109,7 +109,7 @@ C_SWAP_WRITE_ERRORS = 20  # swap writes that failed (an injected fault): the pag
 N_PCTR = 21
 
 # --- scalar state --------------------------------------------------------------
-S_FREE_TOP = 0  # entries on the free-frame stack
+S_FREE_TOP = 0  # free frames (on the free list)
 S_SWAP_TOP = 1  # entries on the stack of freed swap slots (given back, to be reused first)
 S_TABLE_NEXT = 2  # next never-used table index
 S_TABLE_FREE_TOP = 3  # entries on the free-table stack
@@ -128,7 +128,10 @@ S_FAULT_RNG = 15  # xorshift64* state of the injected swap errors (apart from S_
 # the next swap slot never used: slots are handed out in order, so the swap arrays need only
 # hold slots below it (they grow as it rises); free slots = S_SWAP_TOP + K_SWAP_SLOTS - it
 S_SWAP_NEXT = 16
-N_STATE = 17
+# the free list's first frame (-1: none). Free frames are chained through their F_NEXT
+# field (unused while a frame is free), last freed first, as a stack would give them
+S_FREE_HEAD = 17
+N_STATE = 18
 
 # --- configuration ---------------------------------------------------------------
 K_LEVELS = 0

@@ -121,6 +121,7 @@ from .layout import (
     S_FAULT_KIND,
     S_FAULT_RNG,
     S_FAULT_VPN,
+    S_FREE_HEAD,
     S_FREE_TOP,
     S_HUGE_TOP,
     S_LAST_ASID,
@@ -471,8 +472,49 @@ def pick_victim(m: Machine, lid: int) -> int:
 
 
 @inlined
+def free_push(fi32: np.ndarray, st: np.ndarray, f: int) -> None:
+    """Put free frame ``f`` at the head of the free list (chained through F_NEXT)."""
+    fi32[f, F_NEXT] = st[S_FREE_HEAD]
+    st[S_FREE_HEAD] = f
+    st[S_FREE_TOP] += 1
+
+
+@inlined
+def free_pop(fi32: np.ndarray, st: np.ndarray) -> int:
+    """Take the frame at the head of the free list (there is one: S_FREE_TOP > 0)."""
+    f = st[S_FREE_HEAD]
+    st[S_FREE_HEAD] = fi32[f, F_NEXT]
+    fi32[f, F_NEXT] = -1
+    st[S_FREE_TOP] -= 1
+    return f
+
+
+@kernel
+def free_list(fi32: np.ndarray, st: np.ndarray, out: np.ndarray) -> int:
+    """The free frames, head first, into ``out``; returns how many the chain holds (at
+    most ``out``'s length: a chain longer than the count of free frames is cut there)."""
+    n = 0
+    f = st[S_FREE_HEAD]
+    while f >= 0 and n < out.shape[0]:
+        out[n] = f
+        n += 1
+        f = fi32[f, F_NEXT]
+    return n
+
+
+@kernel
+def set_free_list(fi32: np.ndarray, st: np.ndarray, frames: np.ndarray) -> None:
+    """Make ``frames`` (head first) the free list."""
+    n = frames.shape[0]
+    for k in range(n):
+        fi32[frames[k], F_NEXT] = frames[k + 1] if k + 1 < n else -1
+    st[S_FREE_HEAD] = frames[0] if n > 0 else -1
+    st[S_FREE_TOP] = n
+
+
+@inlined
 def free_frame(m: Machine, f: int) -> None:
-    """Clear frame ``f``'s metadata and put it back on the free stack."""
+    """Clear frame ``f``'s metadata and put it back on the free list."""
     m.fi32[f, F_OWNER] = -1
     m.fi32[f, F_FLAGS] = 0
     m.fi32[f, F_SLOT] = -1
@@ -480,8 +522,7 @@ def free_frame(m: Machine, f: int) -> None:
     m.fi32[f, F_NEXT] = -1
     m.fi64[f, G_VPN] = -1
     m.fi64[f, G_TOKEN] = 0
-    m.free_stack[m.st[S_FREE_TOP]] = f
-    m.st[S_FREE_TOP] += 1
+    free_push(m.fi32, m.st, f)
 
 
 @inlined
@@ -687,8 +728,7 @@ def _take_frame(m: Machine, pid: int, for_data: bool) -> int:
                     target = other
         if not ok:
             return -1
-    m.st[S_FREE_TOP] -= 1
-    return m.free_stack[m.st[S_FREE_TOP]]
+    return free_pop(m.fi32, m.st)
 
 
 #: :func:`evict`, :func:`evict_frame` and :func:`take_frame` compiled once each as functions

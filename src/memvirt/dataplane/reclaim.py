@@ -60,6 +60,7 @@ from .layout import (
     RING_FRAME,
     RING_WRITTEN,
     RMAP_SHIFT,
+    S_FREE_HEAD,
     S_FREE_TOP,
     S_HUGE_TOP,
 )
@@ -67,6 +68,7 @@ from .native import (
     evict_called,
     evict_frame_called,
     free_frame,
+    free_pop,
     free_slot,
     list_append,
     list_id,
@@ -132,8 +134,7 @@ def balloon_inflate(m: Machine, bpid: int, n: int, out: np.ndarray) -> int:
                         lid = other
             if not evict_called(m, lid):
                 break
-        m.st[S_FREE_TOP] -= 1
-        f = m.free_stack[m.st[S_FREE_TOP]]
+        f = free_pop(m.fi32, m.st)
         m.fi32[f, F_OWNER] = bpid
         m.fi32[f, F_FLAGS] = FR_PINNED
         m.fi32[f, F_SLOT] = -1
@@ -552,8 +553,8 @@ def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) 
 
 # violations the accounting check reports (first found), with the page or frame involved
 CHECK_OK = 0
-CHECK_FREE_OWNED = 1  # a frame on the free stack has an owner
-CHECK_FREE_TWICE = 2  # a frame is on the free stack twice
+CHECK_FREE_OWNED = 1  # a frame on the free list has an owner
+CHECK_FREE_TWICE = 2  # a frame is on the free list twice
 CHECK_LOST_FRAME = 3  # a frame is neither free nor owned
 CHECK_WRONG_OWNER = 4  # a page is mapped to a frame another VM owns privately
 CHECK_MAPPED_TWICE = 5  # a private frame is mapped by two pages
@@ -590,9 +591,12 @@ def check_accounting(
     nframes = m.fi32.shape[0]
     refs[:] = 0
     slot_refs[:] = 0
-    seen = refs  # reused below: first as a free-stack marker
-    for k in range(m.st[S_FREE_TOP]):
-        f = m.free_stack[k]
+    seen = refs  # reused below: first as a free-list marker
+    f = m.st[S_FREE_HEAD]
+    for _ in range(m.st[S_FREE_TOP]):
+        if f < 0:  # the chain ends before the count of free frames
+            out[0], out[1], out[2] = -1, -1, -1
+            return CHECK_LOST_FRAME
         if m.fi32[f, F_OWNER] >= 0:
             out[0], out[1], out[2] = -1, -1, f
             return CHECK_FREE_OWNED
@@ -600,6 +604,7 @@ def check_accounting(
             out[0], out[1], out[2] = -1, -1, f
             return CHECK_FREE_TWICE
         seen[f] = 1
+        f = m.fi32[f, F_NEXT]
     huge_free = m.st[S_HUGE_TOP] * (1 << m.cfg[K_HUGE_SHIFT])
     owned = 0
     for f in range(nframes):

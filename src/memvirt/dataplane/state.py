@@ -22,7 +22,6 @@ class Machine(NamedTuple):
     pctr: np.ndarray  # int64[procs, N_PCTR] per-process counters
     fi32: np.ndarray  # int32[frames, N_FI32] frame metadata
     fi64: np.ndarray  # int64[frames, N_FI64] back-pointers, tokens, reverse maps
-    free_stack: np.ndarray  # int32[frames] free frames
     tables: np.ndarray  # int64[table pages, entries] the page-table pages
     table_frame: np.ndarray  # int32[table pages] frame holding each table page
     table_free: np.ndarray  # int32[table pages] freed table indices

@@ -101,8 +101,8 @@ class AccountingError(ContentError):
 
 #: What each code of :func:`memvirt.dataplane.reclaim.check_accounting` means.
 ACCOUNTING_ERRORS = {
-    reclaim.CHECK_FREE_OWNED: "a frame on the free stack has an owner (frame)",
-    reclaim.CHECK_FREE_TWICE: "a frame is on the free stack twice (frame)",
+    reclaim.CHECK_FREE_OWNED: "a frame on the free list has an owner (frame)",
+    reclaim.CHECK_FREE_TWICE: "a frame is on the free list twice (frame)",
     reclaim.CHECK_LOST_FRAME: "frames are not conserved: some are neither free nor owned",
     reclaim.CHECK_WRONG_OWNER: "its frame belongs to another VM (frame)",
     reclaim.CHECK_MAPPED_TWICE: "its frame is mapped by another page too (frame)",

@@ -111,6 +111,7 @@ from memvirt.dataplane.layout import (
     S_FAULT_KIND,
     S_FAULT_RNG,
     S_FAULT_VPN,
+    S_FREE_HEAD,
     S_FREE_TOP,
     S_HUGE_TOP,
     S_LAST_ASID,
@@ -368,7 +369,8 @@ class Kernel:
         self.masks = np.array([(1 << b) - 1 for b in geo.bits_per_level], dtype=np.int64)
 
         st = np.zeros(N_STATE, dtype=np.int64)
-        st[S_FREE_TOP] = self.frames.free_stack.shape[0]
+        st[S_FREE_TOP] = self.frames.free_count
+        st[S_FREE_HEAD] = self.frames.free_head
         # no slot given back yet (S_SWAP_TOP 0), none used (S_SWAP_NEXT 0): all are free
         st[S_HUGE_TOP] = config.huge_pages
         st[S_LAST_ASID] = -1
@@ -411,7 +413,6 @@ class Kernel:
             self.pctr,
             self.frames.fi32,
             self.frames.fi64,
-            self.frames.free_stack,
             self.tables,
             self.table_frame,
             self.table_free,
@@ -543,11 +544,10 @@ class Kernel:
                 )
         self._blocks.append((start, need, info.pid))
         self.frames.fi32[start : start + need, F_OWNER] = info.pid
-        # the block leaves the free stack
-        fs = self.frames.free_stack[: self.st[S_FREE_TOP]]
-        keep = fs[(fs < start) | (fs >= start + need)]
-        self.frames.free_stack[: keep.shape[0]] = keep
-        self.st[S_FREE_TOP] = keep.shape[0]
+        # the block leaves the free list
+        fs = self.free_frames()
+        native.set_free_list(self.frames.fi32, self.st, fs[(fs < start) | (fs >= start + need)])
+        self.frames.fi32[start : start + need, F_NEXT] = -1
         self.proc[info.pid, P_RESIDENT] = need
         return start, need
 
@@ -580,9 +580,11 @@ class Kernel:
             self._blocks = [b for b in self._blocks if b[2] != pid]
             self.frames.fi32[start : start + n, F_OWNER] = -1
             self.frames.fi64[start : start + n, G_TOKEN] = 0
-            top = int(self.st[S_FREE_TOP])
-            self.frames.free_stack[top : top + n] = np.arange(start + n - 1, start - 1, -1)
-            self.st[S_FREE_TOP] = top + n
+            # the block goes back on the free list, its first frame first
+            block = np.arange(start, start + n, dtype=np.int32)
+            native.set_free_list(
+                self.frames.fi32, self.st, np.concatenate([block, self.free_frames()])
+            )
             self.proc[pid, P_ALIVE] = 0
             self.proc[pid, P_RESIDENT] = 0
         else:
@@ -618,6 +620,12 @@ class Kernel:
         self.st[S_SWAP_TOP] = 0
         self.st[S_SWAP_NEXT] = self.config.swap_slots
         return taken
+
+    def free_frames(self) -> np.ndarray:
+        """The free frames, in the order they will be taken (the free list's order)."""
+        out = np.empty(int(self.st[S_FREE_TOP]) + 1, dtype=np.int32)
+        n = native.free_list(self.frames.fi32, self.st, out)
+        return out[:n]
 
     def free_slots(self) -> int:
         """Free swap slots: those given back, and those never used."""
@@ -984,8 +992,10 @@ class Kernel:
             f"frames not conserved: {free} free + {owned} owned + {huge_free_frames} in "
             f"free huge pages != {self.config.frames}"
         )
-        free_set = set(int(f) for f in self.frames.free_stack[:free])
-        assert len(free_set) == free, "a frame is on the free stack twice"
+        chain = self.free_frames()
+        free_set = set(chain.tolist())
+        assert chain.shape[0] == free, "the free list does not hold the free frames"
+        assert len(free_set) == free, "a frame is on the free list twice"
         assert all(fi32[f, F_OWNER] < 0 for f in free_set), "a free frame has an owner"
         listed = 0
         for lid in range(self.lists.shape[0]):

@@ -7,8 +7,10 @@ number, or the table index of a page-table page), the referenced, dirty and
 pinned bits, the replacement-list links, the swap slot that holds a current
 copy, and the page's content token.
 
-Free frames sit on a stack: the first frames handed out are 0, 1, 2, ... and
-a freed frame is the next one reused. An optional huge-page pool, carved
+Free frames sit on a free list chained through their (otherwise unused)
+list-link field, used as a stack: the first frames handed out are 0, 1, 2,
+... and a freed frame is the next one reused. The chain costs no memory of
+its own, where an array of free frames took 4 bytes a frame. An optional huge-page pool, carved
 from the top of memory at start as Linux's ``vm.nr_hugepages`` reserves
 hugetlbfs pages, holds aligned blocks for 2 MiB pages; those are pinned and
 never swapped.
@@ -22,6 +24,7 @@ import numpy as np
 
 from memvirt.dataplane.layout import (
     F_FLAGS,
+    F_NEXT,
     F_OWNER,
     F_SLOT,
     FR_DIRTY,
@@ -46,7 +49,9 @@ class FramePool:
     keep_next_use: bool = False  # the opt policy's per-frame next-use row
     fi32: np.ndarray = field(init=False, repr=False)
     fi64: np.ndarray = field(init=False, repr=False)
-    free_stack: np.ndarray = field(init=False, repr=False)
+    #: the free list's first frame (-1: none) and length; frames chain through F_NEXT
+    free_head: int = field(init=False)
+    free_count: int = field(init=False)
     huge_free: np.ndarray = field(init=False, repr=False)
     huge_base: int = field(init=False)
 
@@ -74,8 +79,11 @@ class FramePool:
         small = np.concatenate([np.arange(0, self.huge_base), np.arange(top, self.nframes)]).astype(
             np.int32
         )
-        # a stack: pop from the end, so frame 0 goes first
-        self.free_stack = np.ascontiguousarray(small[::-1])
+        # the free list, chained through F_NEXT: frame 0 first, then 1, 2, ...
+        self.free_head = int(small[0]) if small.size else -1
+        self.free_count = int(small.size)
+        if small.size:
+            self.fi32[small[:-1], F_NEXT] = small[1:]
 
     @property
     def small_frames(self) -> int:
