@@ -163,15 +163,21 @@ SALT_SIZE = 0x452821E638D01377
 # random numbers: one seeded xorshift64* stream per run, held in st[S_RNG]
 
 
-@kernel
-def rng_next(st: np.ndarray) -> int:
-    """Advance the run's xorshift64* generator and return 63 random bits."""
-    x = np.uint64(st[S_RNG])
+@inlined
+def xorshift_next(st: np.ndarray, at: int) -> int:
+    """Advance the xorshift64* generator whose state is ``st[at]``; 63 random bits."""
+    x = np.uint64(st[at])
     x ^= x >> np.uint64(12)
     x ^= x << np.uint64(25)
     x ^= x >> np.uint64(27)
-    st[S_RNG] = np.int64(x)
+    st[at] = np.int64(x)
     return np.int64((x * np.uint64(2685821657736338717)) >> np.uint64(1))
+
+
+@kernel
+def rng_next(st: np.ndarray) -> int:
+    """Advance the run's xorshift64* generator and return 63 random bits."""
+    return xorshift_next(st, S_RNG)
 
 
 @kernel
@@ -181,12 +187,7 @@ def swap_fails(st: np.ndarray, threshold: int) -> bool:
     below ``threshold``. Draws nothing when ``threshold`` is 0."""
     if threshold <= 0:
         return False
-    x = np.uint64(st[S_FAULT_RNG])
-    x ^= x >> np.uint64(12)
-    x ^= x << np.uint64(25)
-    x ^= x >> np.uint64(27)
-    st[S_FAULT_RNG] = np.int64(x)
-    return np.int64((x * np.uint64(2685821657736338717)) >> np.uint64(1)) < threshold
+    return xorshift_next(st, S_FAULT_RNG) < threshold
 
 
 # ---------------------------------------------------------------------------
@@ -519,10 +520,9 @@ def free_frame(m: Machine, f: int) -> None:
     m.fi32[f, F_FLAGS] = 0
     m.fi32[f, F_SLOT] = -1
     m.fi32[f, F_PREV] = -1
-    m.fi32[f, F_NEXT] = -1
     m.fi64[f, G_VPN] = -1
     m.fi64[f, G_TOKEN] = 0
-    free_push(m.fi32, m.st, f)
+    free_push(m.fi32, m.st, f)  # its F_NEXT links the free list now
 
 
 @inlined
@@ -660,9 +660,7 @@ def _evict_frame(m: Machine, lid: int, f: int) -> bool:
                 size = 0
         written = 1  # a copy is stored, on the device or in the compression cache
         if size == 0 and swap_fails(m.st, m.cfg[K_SWAP_WRITE_FAIL]):
-            m.swap_owner[slot] = -1
-            m.swap_free[m.st[S_SWAP_TOP]] = slot
-            m.st[S_SWAP_TOP] += 1
+            free_slot(m, slot)
             m.pctr[q, C_SWAP_WRITE_ERRORS] += 1
             list_remove(m.lists, m.fi32, lid, f)
             list_append(m.lists, m.fi32, lid, f)

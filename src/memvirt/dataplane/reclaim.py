@@ -84,15 +84,15 @@ _RMAP_MASK = (1 << RMAP_SHIFT) - 1
 _PINNED_OR_TABLE = FR_TABLE | FR_HUGE | FR_PINNED
 
 
-@kernel
-def leaf_entry(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
-    """The (table, index) of the last-level entry for ``vpn``, or (-1, -1) when an upper
-    level is missing (the page was never mapped)."""
+@inlined
+def leaf_table(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
+    """Where the last-level entry of ``vpn`` is, for every page the same leaf table maps:
+    (the leaf table, -1); (table, index) of the entry of a huge page that maps ``vpn``;
+    (-1, -1) when an upper level is missing (the page was never mapped)."""
     t = m.proc[pid, P_ROOT]
     if t < 0:
         return -1, -1
-    levels = m.cfg[K_LEVELS]
-    for lvl in range(levels - 1):
+    for lvl in range(m.cfg[K_LEVELS] - 1):
         idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
         e = m.tables[t, idx]
         if (e & PTE_PRESENT) == 0:
@@ -100,7 +100,18 @@ def leaf_entry(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
         if e & PTE_HUGE:  # a huge page maps vpn from this level: its entry is the leaf
             return t, idx
         t = m.fi64[e >> PTE_SHIFT, G_VPN]
-    return t, (vpn >> m.shifts[levels - 1]) & m.masks[levels - 1]
+    return t, -1
+
+
+@kernel
+def leaf_entry(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
+    """The (table, index) of the last-level entry for ``vpn``, or (-1, -1) when an upper
+    level is missing (the page was never mapped)."""
+    t, idx = leaf_table(m, pid, vpn)
+    if t >= 0 and idx < 0:
+        levels = m.cfg[K_LEVELS]
+        idx = (vpn >> m.shifts[levels - 1]) & m.masks[levels - 1]
+    return t, idx
 
 
 @kernel
@@ -424,18 +435,6 @@ def doubled_pages(m: Machine, pid: int, ring: np.ndarray, n: int, out: np.ndarra
             out[k] = vpn
             k += 1
     return k
-
-
-@kernel
-def swapped_pages(m: Machine, pid: int, vpns: np.ndarray, out: np.ndarray) -> int:
-    """Which of ``vpns`` are in swap (their entry says swapped): their indices in ``out``."""
-    n = 0
-    for k in range(vpns.shape[0]):
-        t, idx = leaf_entry(m, pid, vpns[k])
-        if t >= 0 and (m.tables[t, idx] & PTE_SWAPPED) != 0:
-            out[n] = k
-            n += 1
-    return n
 
 
 @kernel

@@ -84,15 +84,21 @@ from .layout import (
     FR_PINNED,
     FR_TABLE,
     G_TOKEN,
-    G_VPN,
     K_HUGE_SHIFT,
     K_LEVELS,
-    P_ROOT,
     PTE_HUGE,
     PTE_PRESENT,
     PTE_SHIFT,
 )
-from .reclaim import discard, frame_of, make_shared, map_shared, release_frames, unmap
+from .reclaim import (
+    discard,
+    frame_of,
+    leaf_table,
+    make_shared,
+    map_shared,
+    release_frames,
+    unmap,
+)
 from .state import Machine
 
 # --- every table's row: its state and its key (a, b) --------------------------------
@@ -479,25 +485,6 @@ def discard_pages(
 # ------------------------------------------------------------------------ the scan
 
 
-@inlined
-def _leaf_table(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
-    """Where the last-level entry of ``vpn`` is, as :func:`.reclaim.leaf_entry` finds it,
-    for every page its leaf table maps at once: (the leaf table, -1); (table, index) of
-    the entry of a huge page that maps ``vpn``; (-1, -1) when an upper level is missing."""
-    t = m.proc[pid, P_ROOT]
-    if t < 0:
-        return -1, -1
-    for lvl in range(m.cfg[K_LEVELS] - 1):
-        idx = (vpn >> m.shifts[lvl]) & m.masks[lvl]
-        e = m.tables[t, idx]
-        if (e & PTE_PRESENT) == 0:
-            return -1, -1
-        if e & PTE_HUGE:
-            return t, idx
-        t = m.fi64[e >> PTE_SHIFT, G_VPN]
-    return t, -1
-
-
 @kernel
 def hints_elsewhere(
     tb: Tables,
@@ -595,7 +582,7 @@ def scan(
         # the frame the page is in (frame_of's answer)
         if page >> block_shift != block:
             block = page >> block_shift
-            leaf, huge_at = _leaf_table(m, pid, page)
+            leaf, huge_at = leaf_table(m, pid, page)
         if leaf < 0:  # never mapped
             continue
         e = m.tables[leaf, huge_at if huge_at >= 0 else (page >> leaf_shift) & leaf_mask]

@@ -666,7 +666,7 @@ class Reclaimer:
                 {
                     "time_s": now / 1e9,
                     "vm": vm.name,
-                    "allocated_pages": proc[P_RESIDENT] + len(r.cache_frames),
+                    "allocated_pages": self.allocated(vm),
                     "target_pages": r.target,
                     "active_true": r.active_true,
                     "active_estimated": r.estimator.estimate,

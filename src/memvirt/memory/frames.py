@@ -10,8 +10,8 @@ copy, and the page's content token.
 Free frames sit on a free list chained through their (otherwise unused)
 list-link field, used as a stack: the first frames handed out are 0, 1, 2,
 ... and a freed frame is the next one reused. The chain costs no memory of
-its own, where an array of free frames took 4 bytes a frame. An optional huge-page pool, carved
-from the top of memory at start as Linux's ``vm.nr_hugepages`` reserves
+its own, where an array of free frames took 4 bytes a frame. An optional
+huge-page pool, carved from the top of memory at start as Linux's ``vm.nr_hugepages`` reserves
 hugetlbfs pages, holds aligned blocks for 2 MiB pages; those are pinned and
 never swapped.
 """
