@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import memvirt.kernel.kernel as kernel_module
+from memvirt.dataplane.layout import S_TABLE_NEXT
 from memvirt.kernel.kernel import (
     AdmissionError,
     Kernel,
@@ -373,3 +375,21 @@ def test_random_frame_victims_are_pages_of_the_right_list(scope: str) -> None:
         assert k.resident(a) <= 32 and k.resident(b) <= 32  # half of the 64 frames
     # victims spread over pages: not the same few frames again and again
     assert k.counters(a)["evictions"] > 100 and k.counters(b)["evictions"] > 100
+
+
+def test_the_table_pool_never_grows_past_what_a_reverse_map_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a frame's reverse map names table * 4096 + index in 31 bits: a pool grown by
+    # doublings from a size that is not a power of two must stop at the bound, not step
+    # over it, and then refuse with a message
+    monkeypatch.setattr(kernel_module, "MAX_TABLE_PAGES", 12)
+    kernel = Kernel(KernelConfig(frames=64, tlb=None))
+    assert kernel.tables.shape[0] == 8
+    kernel.st[S_TABLE_NEXT] = 8  # every table page of the pool taken
+    kernel._ensure_tables(3)  # 8 -> 12, not 16
+    assert kernel.tables.shape[0] == 12
+    kernel.st[S_TABLE_NEXT] = 12
+    with pytest.raises(KernelError, match="more than 12 table pages"):
+        kernel._ensure_tables(1)
+    assert kernel.tables.shape[0] == 12

@@ -682,11 +682,12 @@ class Kernel:
                     f"the page tables would need more than {MAX_TABLE_PAGES:,} table pages "
                     "(the most a frame's reverse map can name): map fewer pages"
                 )
-            grown = np.zeros((2 * n, self.tables.shape[1]), dtype=np.int64)
+            more = min(n, MAX_TABLE_PAGES - n)  # doubling, but never past what a rmap names
+            grown = np.zeros((n + more, self.tables.shape[1]), dtype=np.int64)
             grown[:n] = self.tables
             self.tables = grown
-            self.table_frame = np.concatenate([self.table_frame, np.full(n, -1, np.int32)])
-            self.table_free = np.concatenate([self.table_free, np.zeros(n, np.int32)])
+            self.table_frame = np.concatenate([self.table_frame, np.full(more, -1, np.int32)])
+            self.table_free = np.concatenate([self.table_free, np.zeros(more, np.int32)])
 
     # ------------------------------------------------------------------ running
 
