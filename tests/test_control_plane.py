@@ -11,6 +11,8 @@ while.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,11 +21,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memvirt.config import scenario_from_dict
-from memvirt.dataplane import reclaim
+from memvirt.dataplane import native, reclaim
 from memvirt.dataplane import sharing as sd
-from memvirt.dataplane.layout import N_RING, PTE_SWAPPED, RING_FRAME, RING_WRITTEN, S_RING_N
+from memvirt.dataplane.layout import (
+    N_RING,
+    PTE_SWAPPED,
+    RING_FRAME,
+    RING_WRITTEN,
+    S_COW_N,
+    S_RING_N,
+)
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VirtualizedMachine
+from memvirt.hypervisor import reclamation
 
 # ------------------------------------------------------------- tables rebuilt in place
 
@@ -201,3 +211,85 @@ def test_a_vms_shared_pages_read_as_the_dictionary_they_replaced() -> None:
         assert absent not in r.shared and -1 not in r.shared and 10**9 not in r.shared
         with pytest.raises(KeyError):
             r.shared[absent]
+
+
+# ------------------------------------------------------------- the guests' watch logs
+
+
+def sharing_machine_summary(seed: int) -> tuple[dict[str, Any], int]:
+    """The page-sharing example (shortened, checked after every quantum) run for a while:
+    its summary, and how many sharings writes broke."""
+    from memvirt.config import load_scenario
+    from memvirt.engine.scenario import run
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "page-sharing.toml"
+    settings = ["run.accesses=100000", f"run.seed={seed}", "run.check=true",
+                "hypervisor.sharing.scan_period=0.02"]  # fmt: skip
+    result = run(load_scenario(example, settings))
+    return result.summary, int(result.summary["host"]["sharing_copies"])
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_a_watch_log_that_overflows_breaks_the_same_sharings_as_one_that_does_not(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with room for two pages a pass, the log overflows at nearly every pass and every
+    # shared page is judged; with the usual room, only the pages the guest noted: the same
+    # sharings break, in the same order (the check after each quantum finds every real
+    # page's host copy holding its content)
+    usual, copies = sharing_machine_summary(seed)
+    assert copies > 50, "writes broke too few sharings for the test to tell"
+    monkeypatch.setattr(reclamation, "WATCH_LOG_CAPACITY", 2)
+    tiny, _ = sharing_machine_summary(seed)
+    assert json.dumps(tiny, sort_keys=True) == json.dumps(usual, sort_keys=True)
+
+
+def test_a_guest_notes_a_watched_frame_once_and_no_other() -> None:
+    from test_sharing_scan import small_machine
+
+    machine = small_machine(1, True, 7, 2000)
+    reclaimer = machine.reclaimer
+    vm = machine.vms[0]
+    for _ in range(2):  # hints first, then shared frames
+        reclaimer.scan(vm, reclaimer.vms[0].real_pages)
+    shared = list(reclaimer.vms[0].shared)
+    assert len(shared) >= 3
+    guest = vm.guest
+    guest.st[S_COW_N] = 0
+    free = next(p for p in range(vm.real_pages) if p not in reclaimer.vms[0].shared)
+    watched = np.array([shared[0], shared[1], shared[0], free, shared[1]], dtype=np.int64)
+    native.note_changes(guest.machine, watched)
+    # each watched frame once, in order; its watch bit is off until the check for broken
+    # sharing has judged it
+    assert int(guest.st[S_COW_N]) == 2
+    assert guest.watch_log[:2].tolist() == [shared[0], shared[1]]
+    # nothing changed their contents (the tokens are the shared frames'): both stay shared,
+    # watched again, and a second change is noted anew
+    assert reclaimer.before_host_pass(vm, np.zeros(0, dtype=np.int64)).size == 0
+    assert int(guest.st[S_COW_N]) == 0 and shared[0] in reclaimer.vms[0].shared
+    native.note_changes(guest.machine, watched[:1])
+    assert int(guest.st[S_COW_N]) == 1
+
+
+def test_a_shared_page_the_guest_writes_through_its_tlb_is_copied_at_the_next_host_pass() -> None:
+    from test_sharing_scan import small_machine
+
+    machine = small_machine(1, True, 7, 2000)
+    reclaimer = machine.reclaimer
+    vm = machine.vms[0]
+    for _ in range(2):
+        reclaimer.scan(vm, reclaimer.vms[0].real_pages)
+    guest = vm.guest
+    # a process page whose real page maps a shared frame
+    pid = vm.reports[0].pid
+    page_of = {reclaim.frame_of(guest.machine, pid, v): v for v in range(4096)}
+    target = next(p for p in reclaimer.vms[0].shared if p in page_of)
+    vpn = page_of[target]
+    guest.st[S_COW_N] = 0
+    # a read, then a write: the write hits the TLB entry the read filled, and the host
+    # sees no walk of it (the written pages of the pass do not name it)
+    guest.run(pid, np.array([vpn, vpn], dtype=np.int64), np.array([0, 1], dtype=np.uint8),
+              page_numbers=True)  # fmt: skip
+    assert guest.watch_log[: int(guest.st[S_COW_N])].tolist() == [target]
+    broken = reclaimer.before_host_pass(vm, np.zeros(0, dtype=np.int64))
+    assert broken.tolist() == [target] and target not in reclaimer.vms[0].shared

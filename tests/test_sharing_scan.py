@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memvirt.config import scenario_from_dict
-from memvirt.dataplane import reclaim
+from memvirt.dataplane import native, reclaim
 from memvirt.dataplane import sharing as sd
 from memvirt.dataplane.layout import F_FLAGS, FR_PINNED, FR_TABLE, G_TOKEN
 from memvirt.dataplane.state import Machine
@@ -254,15 +254,14 @@ def apply(machine: VirtualizedMachine, twin: OldSharing, step: tuple[str, int, i
     elif kind == "write":
         # the guest writes pages: some take a content another page has (so they may be
         # shared), the others a new one; page-table and balloon pages keep theirs
-        fi64, fi32 = vm.guest.frames.fi64, vm.guest.frames.fi32
+        fi32 = vm.guest.frames.fi32
         pages = rng.choice(r.real_pages, size=min(n, r.real_pages), replace=False)
         pages = pages[(fi32[pages, F_FLAGS] & (FR_PINNED | FR_TABLE)) == 0]
         common = machine.vms[int(rng.integers(len(machine.vms)))].guest.frames.fi64
         donors = rng.integers(0, len(common), size=pages.size)
         fresh = rng.integers(1, 2**62, size=pages.size)
-        fi64[pages, G_TOKEN] = np.where(
-            rng.random(pages.size) < 0.7, common[donors, G_TOKEN], fresh
-        )
+        chosen = np.where(rng.random(pages.size) < 0.7, common[donors, G_TOKEN], fresh)
+        set_tokens(vm, pages, chosen)
     elif kind == "host pass":
         written = rng.choice(r.real_pages, size=min(n // 3, r.real_pages), replace=False)
         ours = reclaimer.before_host_pass(vm, written.astype(np.int64))
@@ -427,9 +426,8 @@ def test_pages_that_keep_changing_keep_one_hint_each() -> None:
             fi64 = vm.guest.frames.fi64
             # a quarter of the pages take the content of another page (to be shared)
             fresh = rng.integers(1, 2**62, size=pages.size)
-            fi64[pages, G_TOKEN] = np.where(
-                rng.random(pages.size) < 0.25, fi64[rng.choice(pages, pages.size), G_TOKEN], fresh
-            )
+            copied = fi64[rng.choice(pages, pages.size), G_TOKEN]
+            set_tokens(vm, pages, np.where(rng.random(pages.size) < 0.25, copied, fresh))
             reclaimer.before_host_pass(vm, np.zeros(0, dtype=np.int64))
             reclaimer.scan(vm, r.real_pages)
         rows = tables.content_rows()
@@ -441,6 +439,14 @@ def test_pages_that_keep_changing_keep_one_hint_each() -> None:
     # grow after the first passes (tombstones are cleared by the rebuilds)
     assert capacities[-1] <= capacities[1]
     assert int(tables.counts[sd.CONTENTS, 0]) == tables.content_rows().shape[0]
+
+
+def set_tokens(vm: Any, pages: Any, tokens: Any) -> None:
+    """The guest of ``vm`` writes ``tokens`` into ``pages`` (real pages), noting the changes
+    of watched pages as its data plane does."""
+    pages = np.asarray(pages, dtype=np.int64)
+    vm.guest.frames.fi64[pages, G_TOKEN] = tokens
+    native.note_changes(vm.guest.machine, pages)
 
 
 def scan_page(machine: VirtualizedMachine, v: int, page: int) -> None:
@@ -459,19 +465,17 @@ def test_a_page_back_at_an_old_content_is_found_by_its_next_scan_not_its_old_hin
         if reclaim.frame_of(machine.host.machine, vm.host_pid, page) >= 0
     ]
     a, b = resident[0], resident[-1]
-    fi64 = vm.guest.frames.fi64
     old, new = 0x5EED_0001, 0x5EED_0002  # contents no other page holds
-    fi64[a, G_TOKEN] = old
+    set_tokens(vm, [a], [old])
     scan_page(machine, 0, a)
     assert tables.page_hints()[(0, a)] == old
-    fi64[a, G_TOKEN] = new
+    set_tokens(vm, [a], [new])
     scan_page(machine, 0, a)  # hinted under its new content: the old row goes
     assert tables.page_hints()[(0, a)] == new
     assert sd.find(tables.contents, sd.NO_SALT, old) < 0
     # a is back at its old content, and b takes it too: b finds no hint (a's old one is
     # gone) and becomes the hint; a's next scan shares the two
-    fi64[a, G_TOKEN] = old
-    fi64[b, G_TOKEN] = old
+    set_tokens(vm, [a, b], [old, old])
     scan_page(machine, 0, b)
     assert machine.reclaimer.vms[0].shared == {}
     assert tables.page_hints()[(0, b)] == old

@@ -131,7 +131,10 @@ S_SWAP_NEXT = 16
 # the free list's first frame (-1: none). Free frames are chained through their F_NEXT
 # field (unused while a frame is free), last freed first, as a stack would give them
 S_FREE_HEAD = 17
-N_STATE = 18
+# real pages noted in the sharing watch log since the hypervisor last read it (beyond the
+# log's length only the count goes on: the reader must then check every shared page)
+S_COW_N = 18
+N_STATE = 19
 
 # --- configuration ---------------------------------------------------------------
 K_LEVELS = 0
@@ -153,7 +156,10 @@ K_COMPRESS = 14  # 1: evictions try the compression cache before swap
 K_SWAP_READ_FAIL = 15
 K_SWAP_WRITE_FAIL = 16
 K_SWAP_SLOTS = 17  # slots of the swap device (its arrays may hold fewer: see S_SWAP_NEXT)
-N_CFG = 18
+# 1: a guest under a hypervisor that shares pages: a frame whose content changes while its
+# bit in the watch map is set (a real page mapping a shared frame) is noted in the watch log
+K_COW = 18
+N_CFG = 19
 
 # eviction ring columns
 RING_OWNER = 0

@@ -61,6 +61,7 @@ from .layout import (
     G_TOKEN,
     G_VPN,
     K_COMPRESS,
+    K_COW,
     K_FLUSH_ON_SWITCH,
     K_HAS_HUGE,
     K_HUGE_SHIFT,
@@ -118,6 +119,7 @@ from .layout import (
     RING_VPN,
     RING_WRITTEN,
     RMAP_SHIFT,
+    S_COW_N,
     S_FAULT_KIND,
     S_FAULT_RNG,
     S_FAULT_VPN,
@@ -373,7 +375,7 @@ def install_table(m: Machine, pid: int, f: int) -> int:
     m.fi32[f, F_OWNER] = pid
     m.fi32[f, F_FLAGS] = FR_TABLE | FR_PINNED
     m.fi64[f, G_VPN] = nt
-    m.fi64[f, G_TOKEN] = 0
+    set_token(m, f, 0)
     m.proc[pid, P_TABLES] += 1
     m.pctr[pid, C_TABLE_ALLOCS] += 1
     return nt
@@ -521,7 +523,7 @@ def free_frame(m: Machine, f: int) -> None:
     m.fi32[f, F_SLOT] = -1
     m.fi32[f, F_PREV] = -1
     m.fi64[f, G_VPN] = -1
-    m.fi64[f, G_TOKEN] = 0
+    set_token(m, f, 0)
     free_push(m.fi32, m.st, f)  # its F_NEXT links the free list now
 
 
@@ -747,6 +749,37 @@ def new_token(st: np.ndarray) -> int:
     return st[S_TOKEN]
 
 
+@inlined
+def note_change(watch: np.ndarray, log: np.ndarray, st: np.ndarray, f: int) -> None:
+    """Frame ``f``'s content changes: if its bit in the watch map is set (its real page maps
+    a frame the hypervisor shares), the bit is cleared and ``f`` goes into the watch log
+    (past the log's end only the count goes on: the reader must then check every page)."""
+    word = watch[f >> 6]
+    bit = np.int64(1) << (f & 63)
+    if word & bit:
+        watch[f >> 6] = word & ~bit
+        n = st[S_COW_N]
+        if n < log.shape[0]:
+            log[n] = f
+        st[S_COW_N] = n + 1
+
+
+@inlined
+def set_token(m: Machine, f: int, token: int) -> None:
+    """Frame ``f`` holds content ``token`` now (noted when watched: :func:`note_change`)."""
+    m.fi64[f, G_TOKEN] = token
+    if m.cfg[K_COW] != 0:
+        note_change(m.watch, m.watch_log, m.st, f)
+
+
+@kernel
+def note_changes(m: Machine, frames: np.ndarray) -> None:
+    """``frames``' contents were changed from Python: note the watched ones."""
+    if m.cfg[K_COW] != 0:
+        for k in range(frames.shape[0]):
+            note_change(m.watch, m.watch_log, m.st, frames[k])
+
+
 # ---------------------------------------------------------------------------
 # the per-access loop
 
@@ -811,7 +844,7 @@ def page_fault(
             m.fi32[base + k, F_OWNER] = pid
             m.fi32[base + k, F_FLAGS] = FR_HUGE | FR_PINNED
             m.fi64[base + k, G_VPN] = hvpn + k
-            m.fi64[base + k, G_TOKEN] = 0
+            set_token(m, base + k, 0)
             m.fi32[base + k, F_RMAP] = (t << RMAP_SHIFT) | idx
         m.tables[t, idx] = (base << PTE_SHIFT) | pte | PTE_HUGE
         m.proc[pid, P_RESIDENT] += huge_span
@@ -835,7 +868,7 @@ def page_fault(
     dirty_after = False
     if e & PTE_SWAPPED:
         slot = e >> PTE_SHIFT
-        m.fi64[f, G_TOKEN] = m.swap_token[slot]
+        set_token(m, f, m.swap_token[slot])
         m.proc[pid, P_SWAPPED] -= 1
         m.pctr[pid, C_MAJOR] += 1
         if m.swap_csize[slot] > 0:
@@ -848,7 +881,7 @@ def page_fault(
         else:
             m.fi32[f, F_SLOT] = slot  # the swap copy stays current while the page is clean
     else:
-        m.fi64[f, G_TOKEN] = 0
+        set_token(m, f, 0)
         m.fi32[f, F_SLOT] = -1
         m.pctr[pid, C_MINOR] += 1
     m.fi32[f, F_OWNER] = pid
@@ -910,6 +943,7 @@ def run_batch(
     reason = STOP_DONE
     recording = m.cfg[K_RECORD] != 0
     record = m.record
+    watching = m.cfg[K_COW] != 0  # a hypervisor below shares pages: note their changes
     rec_n = st[S_REC_N]
     for i in range(start, end):
         if recording and rec_n + levels + 1 > record.shape[1]:
@@ -1017,6 +1051,8 @@ def run_batch(
         if w:
             flags |= FR_DIRTY
             fi64[pfn, G_TOKEN] = new_token(st)
+            if watching:
+                note_change(m.watch, m.watch_log, st, pfn)
             n_writes += 1
             slot = fi32[pfn, F_SLOT]
             if slot >= 0:
@@ -1063,7 +1099,7 @@ def kill_process(m: Machine, huge_base: int, pid: int) -> None:
             m.fi32[f, F_OWNER] = -1
             m.fi32[f, F_FLAGS] = 0
             m.fi64[f, G_VPN] = -1
-            m.fi64[f, G_TOKEN] = 0
+            set_token(m, f, 0)
             continue
         if flags & FR_TABLE:
             m.table_free[m.st[S_TABLE_FREE_TOP]] = m.fi64[f, G_VPN]

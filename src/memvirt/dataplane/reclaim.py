@@ -74,6 +74,7 @@ from .native import (
     list_id,
     list_remove,
     rng_next,
+    set_token,
     swap_full,
     take_frame_called,
     tlb_invalidate,
@@ -150,7 +151,7 @@ def balloon_inflate(m: Machine, bpid: int, n: int, out: np.ndarray) -> int:
         m.fi32[f, F_FLAGS] = FR_PINNED
         m.fi32[f, F_SLOT] = -1
         m.fi64[f, G_VPN] = -1
-        m.fi64[f, G_TOKEN] = 0
+        set_token(m, f, 0)
         m.proc[bpid, P_RESIDENT] += 1
         out[got] = f
         got += 1
@@ -178,7 +179,7 @@ def grab_frame(m: Machine, pid: int) -> int:
     m.fi32[f, F_FLAGS] = FR_PINNED
     m.fi32[f, F_SLOT] = -1
     m.fi64[f, G_VPN] = -1
-    m.fi64[f, G_TOKEN] = 0
+    set_token(m, f, 0)
     m.proc[pid, P_RESIDENT] += 1
     return f
 

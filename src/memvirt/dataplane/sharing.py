@@ -167,6 +167,9 @@ class Tables(NamedTuple):
     one: np.ndarray  # int64[1] room for a frame to release
     hinted: np.ndarray  # int64[vms, words] as bits: real page p is the hint of a contents row
     hint_token: np.ndarray  # int64[vms, pages] the token a hinted page is hinted under
+    # int64[vms, words] as bits: real page p is shared and its guest notes its next change
+    # (each guest's watch map is its row: :func:`.native.note_change`)
+    watch: np.ndarray
 
 
 # ------------------------------------------------------------------------- hashing
@@ -271,6 +274,7 @@ def is_shared(tb: Tables, vm: int, page: int) -> bool:
 @inlined
 def _add_page(tb: Tables, vm: int, page: int, frame: int, token: int) -> None:
     tb.bits[vm, page >> 6] |= np.int64(1) << (page & 63)
+    tb.watch[vm, page >> 6] |= np.int64(1) << (page & 63)
     pos = tb.log_n[vm, LN_USED]
     tb.log[vm, pos, LG_PAGE] = page
     tb.log[vm, pos, LG_FRAME] = frame
@@ -286,6 +290,7 @@ def _add_page(tb: Tables, vm: int, page: int, frame: int, token: int) -> None:
 def _remove_page(tb: Tables, s: int) -> None:
     vm, page = tb.pages[s, H_A], tb.pages[s, H_B]
     tb.bits[vm, page >> 6] &= ~(np.int64(1) << (page & 63))
+    tb.watch[vm, page >> 6] &= ~(np.int64(1) << (page & 63))
     tb.log[vm, tb.pages[s, PG_POS], LG_PAGE] = -1
     tb.log_n[vm, LN_LIVE] -= 1
     remove(tb.pages, tb.counts, PAGES, s)
@@ -411,33 +416,70 @@ def break_sharing(
     vm: int,
     pid: int,
     written: np.ndarray,
+    changed: np.ndarray,
+    n_changed: int,
     marks: np.ndarray,
     out: np.ndarray,
+    order: np.ndarray,
 ) -> int:
     """Unshare the pages of ``vm`` whose contents changed (the guest's token is not the
     shared frame's) or that are in ``written``; they go into ``out`` in the order they
-    were shared. Returns how many. ``out`` holds as many as ``vm`` has shared pages;
+    were shared. Returns how many.
+
+    A shared page's content can only have changed if its guest noted the change in its
+    watch log (:func:`.native.note_change`), ``changed[:n_changed]``: only the shared
+    pages among ``written`` and those are judged, unless the log overflowed (``n_changed``
+    beyond its length), when every shared page is. A page judged unchanged is watched
+    again. ``out`` and ``order`` (scratch) hold as many as ``vm`` has shared pages;
     ``marks`` has a zero bit for each real page (bit ``p % 64`` of word ``p // 64``), and
-    is left so; only the written pages that are shared are marked (most written pages are
-    not)."""
-    for k in range(written.shape[0]):
-        page = written[k]
-        if is_shared(tb, vm, page):
-            marks[page >> 6] |= np.uint64(1) << np.uint64(page & 63)
+    is left so."""
+    one = np.uint64(1)
     log = tb.log
     n = 0
-    for pos in range(tb.log_n[vm, LN_USED]):  # every page is judged before any is unshared
-        page = log[vm, pos, LG_PAGE]
-        if page < 0:
-            continue
-        # the frame's content is in the log: no read of the host's frame, which would be a
-        # cache miss for nearly every shared page
-        marked = (marks[page >> 6] >> np.uint64(page & 63)) & np.uint64(1)
-        if marked != 0 or g_fi64[page, G_TOKEN] != log[vm, pos, LG_TOKEN]:
-            out[n] = page
-            n += 1
-    for k in range(written.shape[0]):
+    nw = written.shape[0]
+    if n_changed > changed.shape[0]:
+        for k in range(nw):
+            page = written[k]
+            if is_shared(tb, vm, page):
+                marks[page >> 6] |= one << np.uint64(page & 63)
+        for pos in range(tb.log_n[vm, LN_USED]):  # every page is judged before any goes
+            page = log[vm, pos, LG_PAGE]
+            if page < 0:
+                continue
+            marked = (marks[page >> 6] >> np.uint64(page & 63)) & one
+            # the frame's content is in the log: no read of the host's frame, which would
+            # be a cache miss for nearly every shared page
+            if marked != 0 or g_fi64[page, G_TOKEN] != log[vm, pos, LG_TOKEN]:
+                out[n] = page
+                n += 1
+            else:
+                tb.watch[vm, page >> 6] |= np.int64(1) << (page & 63)
+        n_changed = 0
+    else:
+        # the candidates, each once (marked), kept in the order they were shared
+        for k in range(nw + n_changed):
+            page = written[k] if k < nw else changed[k - nw]
+            if not is_shared(tb, vm, page):
+                continue
+            if (marks[page >> 6] >> np.uint64(page & 63)) & one:
+                continue
+            marks[page >> 6] |= one << np.uint64(page & 63)
+            pos = tb.pages[find(tb.pages, vm, page), PG_POS]
+            if k < nw or g_fi64[page, G_TOKEN] != log[vm, pos, LG_TOKEN]:
+                j = n  # insertion by place in the log: a pass breaks few sharings
+                while j > 0 and order[j - 1] > pos:
+                    order[j] = order[j - 1]
+                    out[j] = out[j - 1]
+                    j -= 1
+                order[j] = pos
+                out[j] = page
+                n += 1
+            else:  # its content came back (a swap-in): it stays shared, watched again
+                tb.watch[vm, page >> 6] |= np.int64(1) << (page & 63)
+    for k in range(nw):
         marks[written[k] >> 6] = 0  # no page is unshared yet: the words marked are these
+    for k in range(n_changed):
+        marks[changed[k] >> 6] = 0
     for k in range(n):
         _unshare(m, tb, vm, pid, out[k])
     live = tb.log_n[vm, LN_LIVE]
@@ -675,6 +717,7 @@ class SharingTables:
         self.log = np.zeros((0, 64, N_LOG), dtype=np.int64)
         self.log_n = np.zeros((0, 2), dtype=np.int64)
         self.bits = np.zeros((0, 0), dtype=np.int64)
+        self.watch = np.zeros((0, 0), dtype=np.int64)
         self.counts = np.zeros((3, 2), dtype=np.int64)
         self.one = np.zeros(1, dtype=np.int64)
         self.hinted = np.zeros((0, 0), dtype=np.int64)
@@ -690,7 +733,8 @@ class SharingTables:
     def bundle(self) -> Tables:
         """The arrays as the kernels take them (valid until the next :meth:`reserve`)."""
         return Tables(self.contents, self.pages, self.frames, self.log, self.log_n, self.bits,
-                      self.counts, self.one, self.hinted, self.hint_token)  # fmt: skip
+                      self.counts, self.one, self.hinted, self.hint_token,
+                      self.watch)  # fmt: skip
 
     def reserve(self, vms: int, real_pages: int, contents: int, pages: int, frames: int) -> None:
         """Room for VMs ``0 .. vms - 1`` of up to ``real_pages`` pages each, for so many new
@@ -709,6 +753,7 @@ class SharingTables:
         if vms > rows or real_pages > 64 * words:
             shape = (max(vms, rows), max(-(-real_pages // 64), words))
             self.bits = _grown(self.bits, shape)
+            self.watch = _grown(self.watch, shape)  # a new array: the guests' rows are anew
             self.hinted = _grown(self.hinted, shape)
             self.hint_token = _grown(self.hint_token, (shape[0], 64 * shape[1]))
         (c_live, c_dead), (p_live, p_dead), (f_live, f_dead) = self.counts.tolist()

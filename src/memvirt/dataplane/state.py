@@ -38,3 +38,5 @@ class Machine(NamedTuple):
     lists: np.ndarray  # int64[procs + 1, N_LIST] replacement lists
     record: np.ndarray  # int32[3, cap] frames walks read, written?, a table page?
     ring: np.ndarray  # int64[cap, N_RING] evictions (owner, vpn, frame, written), when logged
+    watch: np.ndarray  # int64[words] bit f % 64 of word f // 64: frame f's changes are noted
+    watch_log: np.ndarray  # int64[cap] frames noted (K_COW), S_COW_N of them

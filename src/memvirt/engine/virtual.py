@@ -355,6 +355,7 @@ class VirtualizedMachine:
         tokens, _ = assign(gc.content, np.arange(n), vm_seed=seed * 1_000_003 + vm.index,
                            image=gc.image)  # fmt: skip
         guest.frames.fi64[frames, G_TOKEN] = tokens
+        native.note_changes(guest.machine, frames.astype(np.int64))
         guest.frames.fi32[frames, 4] |= FR_DIRTY  # F_FLAGS
         self.host_touch(vm, frames.astype(np.int64), np.ones(n, dtype=np.uint8))
         self.sync_contents(vm)

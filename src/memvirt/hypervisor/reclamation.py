@@ -59,6 +59,7 @@ from memvirt.dataplane.layout import (
     C_MAJOR,
     G_TOKEN,
     K_COMPRESS,
+    K_COW,
     P_COMP_BYTES,
     P_COMP_CAP,
     P_COMP_MIN,
@@ -67,6 +68,7 @@ from memvirt.dataplane.layout import (
     P_COMPRESSED,
     P_RESIDENT,
     P_SWAPPED,
+    S_COW_N,
     S_FREE_TOP,
     S_HUGE_TOP,
     S_RING_N,
@@ -88,6 +90,9 @@ TIMESERIES_COLUMNS = (
 
 #: Techniques whose reclaimed pages are counted, in the summary's order.
 RECLAIM_KINDS = ("ballooning", "sharing", "compression", "swapping")
+#: Entries of each guest's watch log (its shared pages whose contents changed) between two
+#: host passes; past it the next check for broken sharing judges every shared page.
+WATCH_LOG_CAPACITY = 1 << 12
 
 
 @dataclass
@@ -169,6 +174,7 @@ class Reclaimer:
             self.min_free_pages, thresholds=thresholds, techniques=techniques
         )
         self.sharing = Sharing()
+        self._watched = self.sharing.tables.watch
         self.reclaimed = dict.fromkeys(RECLAIM_KINDS, 0)
         #: the time series: a row per VM per control step (every timeseries_period)
         self.rows = TimeSeries(
@@ -257,15 +263,19 @@ class Reclaimer:
         is about to see a write to them: ``written``); return the real pages whose sharing
         broke, which the host must touch again as writes (the copies)."""
         r = self.vms[vm.index]
+        guest = vm.guest
         live = len(r.shared)
-        if not live:
+        noted = int(guest.st[S_COW_N])  # pages the guest changed while they were watched
+        guest.st[S_COW_N] = 0
+        if not live:  # none is shared (nor watched): what was noted is moot
             return np.zeros(0, dtype=np.int64)
         tables = self.sharing.tables
         out = np.empty(live, dtype=np.int64)
+        order = np.empty(live, dtype=np.int64)
         written = np.ascontiguousarray(written, dtype=np.int64)
-        n = sharing_dp.break_sharing(self.host.machine, tables.bundle, vm.guest.frames.fi64,
-                                     vm.index, vm.host_pid, written,
-                                     tables.marks_for(r.real_pages), out)  # fmt: skip
+        n = sharing_dp.break_sharing(self.host.machine, tables.bundle, guest.frames.fi64,
+                                     vm.index, vm.host_pid, written, guest.watch_log, noted,
+                                     tables.marks_for(r.real_pages), out, order)  # fmt: skip
         self.sharing.copies += n
         return out[:n]
 
@@ -423,8 +433,26 @@ class Reclaimer:
         """Room in the sharing tables for scans of ``n`` pages in all: they add at most n
         contents and shared frames, and 2 n shared pages (a hint's page and the page
         scanned)."""
-        self.sharing.tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n,
-                                    frames=n)  # fmt: skip
+        tables = self.sharing.tables
+        tables.reserve(len(self.vms), self._most_pages, contents=n, pages=2 * n, frames=n)
+        if tables.watch is not self._watched:
+            self._watch_guests()
+
+    def _watch_guests(self) -> None:
+        """Each guest notes the content changes of its shared pages in a watch log of its
+        own, through its row of the sharing tables' watch map, so that the check for broken
+        sharing before each host pass (:meth:`before_host_pass`) visits those pages alone,
+        not every shared page (as the hardware traps a write to a page mapped read-only).
+        Done again whenever the map is made anew (only pages a scan shared are watched,
+        and every scan reserves room first)."""
+        tables = self.sharing.tables
+        for vm in self.machine.vms:
+            guest = vm.guest
+            guest.watch = tables.watch[vm.index]
+            if guest.watch_log.shape[0] < WATCH_LOG_CAPACITY:
+                guest.watch_log = np.zeros(WATCH_LOG_CAPACITY, dtype=np.int64)
+            guest.cfg[K_COW] = 1
+        self._watched = tables.watch
 
     def _scan_pages(self, vm: VM, n: int) -> None:
         """:meth:`scan`, the tables' room reserved."""

@@ -401,6 +401,9 @@ class Kernel:
         self._empty_next_use = np.zeros(0, dtype=np.int64)
         self.record = np.zeros((3, 1), dtype=np.int32)
         self.ring = np.zeros((1, N_RING), dtype=np.int64)
+        #: the sharing watch map and log (K_COW), set by a hypervisor that shares pages
+        self.watch = np.zeros(1, dtype=np.int64)
+        self.watch_log = np.zeros(1, dtype=np.int64)
 
     @property
     def machine(self) -> Machine:
@@ -429,6 +432,8 @@ class Kernel:
             self.lists,
             self.record,
             self.ring,
+            self.watch,
+            self.watch_log,
         )
 
     # ------------------------------------------------------------------ processes
@@ -580,6 +585,7 @@ class Kernel:
             self._blocks = [b for b in self._blocks if b[2] != pid]
             self.frames.fi32[start : start + n, F_OWNER] = -1
             self.frames.fi64[start : start + n, G_TOKEN] = 0
+            native.note_changes(self.machine, np.arange(start, start + n, dtype=np.int64))
             # the block goes back on the free list, its first frame first
             block = np.arange(start, start + n, dtype=np.int32)
             native.set_free_list(
@@ -796,6 +802,7 @@ class Kernel:
         if wp.size:
             tokens = self.st[S_TOKEN] + np.arange(1, wp.size + 1)
             self.frames.fi64[wp, G_TOKEN] = tokens
+            native.note_changes(self.machine, wp.astype(np.int64))
             self.st[S_TOKEN] += wp.size
         self.pctr[pid, C_ACCESSES] += stop
         self.pctr[pid, C_WRITES] += int(done_w.sum())
