@@ -434,7 +434,7 @@ class VirtualizedMachine:
         self.host.st[S_RING_N] = 0
         if evicted == 0:
             return
-        if evicted > RING_CAPACITY:
+        if evicted > self.host.ring.shape[0]:  # the ring overflowed
             for other in self.vms:
                 native.tlb_flush_asid(other.guest.machine, -1)
                 other.walk_cache[:] = -1
