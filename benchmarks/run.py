@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                     p["accesses_per_second"]), f"run {p['run_seconds']:.2f} s",
                     p["peak_rss_bytes"])  # fmt: skip
             if args.big:
-                # the largest machine: 256 GiB, 64 VMs (about 10 GiB of state)
+                # the largest machine the aims name: 256 GiB, 64 VMs (about 10 GiB of state)
                 p = scale_point(["--host-gib", "256", "--vms", "64", "--accesses", "1000000"], 1)
                 scale["host"].append(p)
                 row("scale host 256 GiB, 64 VMs, 1,000,000 acc", fmt_rate(

@@ -391,7 +391,7 @@ class VirtualizedMachine:
         shot down."""
         evicted = int(self.host.st[S_RING_N])
         host_m = self.host.machine  # anew: the run may have grown the table pool
-        for other in self.vms:
+        for other in self.vms if evicted else ():  # (most passes evict nothing)
             content = other.guest.frames.fi64
             if evicted > self.host.ring.shape[0]:  # the ring overflowed: every swapped page
                 reclaim.fix_all_swap_copies(host_m, other.host_pid, content)
