@@ -749,7 +749,7 @@ def new_token(st: np.ndarray) -> int:
     return st[S_TOKEN]
 
 
-@inlined
+@kernel  # a call, not inlined: it runs only when a guest's content changes under sharing
 def note_change(watch: np.ndarray, log: np.ndarray, st: np.ndarray, f: int) -> None:
     """Frame ``f``'s content changes: if its bit in the watch map is set (its real page maps
     a frame the hypervisor shares), the bit is cleared and ``f`` goes into the watch log
