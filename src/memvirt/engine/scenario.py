@@ -140,6 +140,10 @@ def build(scenario: Scenario) -> NativeMachine | VirtualizedMachine:
             check=scenario.run.check,
             faults=scenario.faults,
         )
+    # on a cold cache, a second process compiles the hypervisor's kernels meanwhile
+    from memvirt.engine import precompile
+
+    precompile.start()
     procs = [(vm.name, proc) for vm in scenario.vms for proc in vm.processes]
     seeds = process_seeds(scenario.run.seed, len(procs))
     by_vm: dict[str, list[ProcessPlan]] = {vm.name: [] for vm in scenario.vms}
