@@ -72,6 +72,7 @@ def test_the_second_process_is_started_once_and_one_at_a_time(
     monkeypatch.delenv(precompile.OFF, raising=False)
     monkeypatch.setattr(precompile, "cached", lambda: False)
     monkeypatch.setattr(precompile, "lock_path", lambda: lock)
+    monkeypatch.setattr(precompile, "_helper", None)
     monkeypatch.setattr(precompile, "_started", False)
     launched: list[Any] = []
     monkeypatch.setattr(precompile.subprocess, "Popen", lambda *a, **k: launched.append(a) or a)

@@ -136,6 +136,9 @@ def small_machine() -> VirtualizedMachine:
 STALE_LOCK = 600.0
 
 _started = False  # this process launched one already
+#: The second process, kept for the life of this one: it is neither waited for nor killed
+#: (it stops by itself), and a Popen dropped while its process runs warns.
+_helper: subprocess.Popen[bytes] | None = None
 
 
 def _index() -> Path | None:
@@ -181,14 +184,14 @@ def _take_lock() -> bool:
 def start() -> subprocess.Popen[bytes] | None:
     """Launch the second process if the cache is cold, once per process and one at a time
     (it holds a lock beside the cache), unless turned off."""
-    global _started
+    global _started, _helper
     if _started or os.environ.get(OFF) or cached():
         return None
     _started = True
     if not _take_lock():
         return None
     try:
-        return subprocess.Popen(
+        _helper = subprocess.Popen(
             [sys.executable, "-m", "memvirt.engine.precompile"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -198,6 +201,7 @@ def start() -> subprocess.Popen[bytes] | None:
     except OSError:
         _release_lock()
         return None
+    return _helper
 
 
 def _release_lock() -> None:
