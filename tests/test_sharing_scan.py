@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memvirt.config import scenario_from_dict
-from memvirt.dataplane import native, reclaim
+from memvirt.dataplane import reclaim
 from memvirt.dataplane import sharing as sd
 from memvirt.dataplane.layout import F_FLAGS, FR_PINNED, FR_TABLE, G_TOKEN
 from memvirt.dataplane.state import Machine
@@ -442,11 +442,8 @@ def test_pages_that_keep_changing_keep_one_hint_each() -> None:
 
 
 def set_tokens(vm: Any, pages: Any, tokens: Any) -> None:
-    """The guest of ``vm`` writes ``tokens`` into ``pages`` (real pages), noting the changes
-    of watched pages as its data plane does."""
-    pages = np.asarray(pages, dtype=np.int64)
-    vm.guest.frames.fi64[pages, G_TOKEN] = tokens
-    native.note_changes(vm.guest.machine, pages)
+    """The guest of ``vm`` writes ``tokens`` into ``pages`` (real pages)."""
+    vm.guest.set_tokens(np.asarray(pages), tokens)
 
 
 def scan_page(machine: VirtualizedMachine, v: int, page: int) -> None:

@@ -54,7 +54,6 @@ from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
     FR_DIRTY,
     FR_TABLE,
-    G_TOKEN,
     K_RECORD,
     K_RING,
     N_RING,
@@ -354,8 +353,7 @@ class VirtualizedMachine:
         frames = np.array([reclaim.frame_of(guest.machine, vm.os_pid, int(v)) for v in vpns])
         tokens, _ = assign(gc.content, np.arange(n), vm_seed=seed * 1_000_003 + vm.index,
                            image=gc.image)  # fmt: skip
-        guest.frames.fi64[frames, G_TOKEN] = tokens
-        native.note_changes(guest.machine, frames.astype(np.int64))
+        guest.set_tokens(frames, tokens)
         guest.frames.fi32[frames, 4] |= FR_DIRTY  # F_FLAGS
         self.host_touch(vm, frames.astype(np.int64), np.ones(n, dtype=np.uint8))
         self.sync_contents(vm)

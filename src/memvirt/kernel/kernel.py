@@ -584,8 +584,7 @@ class Kernel:
             start, n, _ = next(b for b in self._blocks if b[2] == pid)
             self._blocks = [b for b in self._blocks if b[2] != pid]
             self.frames.fi32[start : start + n, F_OWNER] = -1
-            self.frames.fi64[start : start + n, G_TOKEN] = 0
-            native.note_changes(self.machine, np.arange(start, start + n, dtype=np.int64))
+            self.set_tokens(np.arange(start, start + n), 0)
             # the block goes back on the free list, its first frame first
             block = np.arange(start, start + n, dtype=np.int32)
             native.set_free_list(
@@ -632,6 +631,14 @@ class Kernel:
         out = np.empty(int(self.st[S_FREE_TOP]) + 1, dtype=np.int32)
         n = native.free_list(self.frames.fi32, self.st, out)
         return out[:n]
+
+    def set_tokens(self, frames: np.ndarray, tokens: np.ndarray | int) -> None:
+        """Frames ``frames`` hold contents ``tokens`` now, written from Python: as the data
+        plane's ``native.set_token`` does, the watched ones are noted for a hypervisor that
+        shares pages."""
+        frames = np.ascontiguousarray(frames, dtype=np.int64)
+        self.frames.fi64[frames, G_TOKEN] = tokens
+        native.note_changes(self.machine, frames)
 
     def free_slots(self) -> int:
         """Free swap slots: those given back, and those never used."""
@@ -801,8 +808,7 @@ class Kernel:
         wp = pfns[:stop][done_w]
         if wp.size:
             tokens = self.st[S_TOKEN] + np.arange(1, wp.size + 1)
-            self.frames.fi64[wp, G_TOKEN] = tokens
-            native.note_changes(self.machine, wp.astype(np.int64))
+            self.set_tokens(wp, tokens)
             self.st[S_TOKEN] += wp.size
         self.pctr[pid, C_ACCESSES] += stop
         self.pctr[pid, C_WRITES] += int(done_w.sum())
