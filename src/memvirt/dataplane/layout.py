@@ -168,6 +168,9 @@ RING_FRAME = 2
 RING_WRITTEN = 3  # 1 when the eviction stored a copy (to swap or the compression cache)
 N_RING = 4
 
+# run_batch's walk memo (no TLB): slots, a power of two, indexed by page number mod MEMO_SLOTS
+MEMO_SLOTS = 64
+
 # policy codes
 POLICY_FIFO = 0
 POLICY_LRU = 1

@@ -81,6 +81,7 @@ from .layout import (
     L_HEAD,
     L_SIZE,
     L_TAIL,
+    MEMO_SLOTS,
     NEVER,
     P_ALIVE,
     P_COMP_BYTES,
@@ -300,6 +301,47 @@ def tlb_fill(
     tags[lvl, victim] = tag
     vals[lvl, victim] = val
     stamps[lvl, victim] = st[S_TLB_CLOCK]
+
+
+@inlined
+def tlb_probe_victim(
+    tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
+    lvl: int, sets: int, ways: int, tag: int, key: int,
+) -> tuple[int, int]:  # fmt: skip
+    """:func:`tlb_probe`, which on a miss also returns the way :func:`tlb_fill` would take
+    for ``tag`` in the same set (the first invalid way, else the first least recently used):
+    ``(value, -1)`` on a hit, ``(-1, way)`` on a miss. The set is read once for both."""
+    base = tlb_set(key, sets) * ways
+    invalid = -1
+    victim = base
+    oldest = stamps[lvl, base]
+    for w in range(ways):
+        e = base + w
+        t = tags[lvl, e]
+        if t == tag:
+            st[S_TLB_CLOCK] += 1
+            stamps[lvl, e] = st[S_TLB_CLOCK]
+            return vals[lvl, e], -1
+        if t < 0:
+            if invalid < 0:
+                invalid = e
+        elif stamps[lvl, e] < oldest:
+            oldest = stamps[lvl, e]
+            victim = e
+    return -1, (invalid if invalid >= 0 else victim)
+
+
+@inlined
+def tlb_put(
+    tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
+    lvl: int, e: int, tag: int, val: int,
+) -> None:  # fmt: skip
+    """Cache ``tag -> val`` in way ``e`` of level ``lvl``, as :func:`tlb_fill` does in the
+    way it picks."""
+    st[S_TLB_CLOCK] += 1
+    tags[lvl, e] = tag
+    vals[lvl, e] = val
+    stamps[lvl, e] = st[S_TLB_CLOCK]
 
 
 @kernel
@@ -686,6 +728,7 @@ def _evict_frame(m: Machine, lid: int, f: int) -> bool:
         m.proc[q, P_SWAPPED] += 1
     else:
         m.tables[t, idx] = 0
+    m.memo[vpn & (MEMO_SLOTS - 1), 0] = -1  # a batch's memo of this walk is stale now
     m.pctr[q, C_EVICTIONS] += 1
     if m.cfg[K_RING] != 0:  # tell the layer above which page left (a TLB shootdown)
         n = m.st[S_RING_N]
@@ -945,6 +988,17 @@ def run_batch(
     record = m.record
     watching = m.cfg[K_COW] != 0  # a hypervisor below shares pages: note their changes
     rec_n = st[S_REC_N]
+    # Without a TLB (the hypervisor's pass over the guests' walks) many accesses read a
+    # page the batch has just walked: a guest's upper page-table pages come back at every
+    # guest walk. A read of a page walked since the batch's last fault finds the same
+    # entries, with the accessed bit already set: the walk would change nothing, so it
+    # is counted from the memo instead of made again. Everything else about the access
+    # (the frame's bits, the replacement list) is done as for any access. Only an
+    # eviction changes a walked page's entries within a batch, and it forgets the page.
+    memo = m.memo
+    use_memo = tlb_levels == 0 and not recording
+    if use_memo:
+        memo[:, 0] = -1
     for i in range(start, end):
         if recording and rec_n + levels + 1 > record.shape[1]:
             stop, reason = i, STOP_RECORD_FULL
@@ -954,21 +1008,40 @@ def run_batch(
         val = -1
         hit_level = -1
         # --- TLB lookup, level by level: the base-page tag, then the huge-page tag
+        # (a miss in a level's base-page set also finds the way a fill there would take:
+        # ``way0`` and ``way1`` keep it for each level, for as long as nothing else changes the set)
+        way0 = -1
+        way1 = -1
         for lvl in range(tlb_levels):
             sets, ways = tsets[lvl], tways[lvl]
             tag, key = tlb_key(pid, vpn, False, huge_shift)
-            val = tlb_probe(tags, vals, stamps, st, lvl, sets, ways, tag, key)
+            val, way = tlb_probe_victim(tags, vals, stamps, st, lvl, sets, ways, tag, key)
+            if lvl == 0:
+                way0 = way
+            else:
+                way1 = way
             if val < 0 and has_huge:
                 tag, key = tlb_key(pid, vpn, True, huge_shift)
                 val = tlb_probe(tags, vals, stamps, st, lvl, sets, ways, tag, key)
+                way0 = -1  # the fill may be of a huge page, in another set
+                way1 = -1
             if val >= 0:
                 hit_level = lvl
                 if lvl > 0:  # refill the first level
-                    tlb_fill(tags, vals, stamps, st, 0, tsets[0], tways[0], tag, key, val)
+                    if way0 >= 0:
+                        tlb_put(tags, vals, stamps, st, 0, way0, tag, val)
+                    else:
+                        tlb_fill(tags, vals, stamps, st, 0, tsets[0], tways[0], tag, key, val)
                 break
 
         loaded = False
-        if val >= 0:
+        faulted = False
+        memo_slot = vpn & (MEMO_SLOTS - 1)
+        if use_memo and not w and memo[memo_slot, 0] == vpn:
+            pfn = memo[memo_slot, 1]
+            walks += 1
+            refs += memo[memo_slot, 2]
+        elif val >= 0:
             pfn = val >> TV_SHIFT
             if val & TV_HUGE:
                 pfn += vpn & (huge_span - 1)
@@ -1017,7 +1090,12 @@ def run_batch(
                 tv = (base << TV_SHIFT) | (TV_WRITABLE if e & PTE_WRITABLE else 0)
                 tv |= TV_DIRTY if (w or (e & PTE_DIRTY)) else 0
                 tv |= TV_HUGE if huge else 0
+                if use_memo:
+                    memo[memo_slot, 0] = vpn
+                    memo[memo_slot, 1] = pfn
+                    memo[memo_slot, 2] = n_refs
             else:
+                faulted = True
                 pfn, tv, why = page_fault(m, pid, vpn, w, t, idx, lvl)
                 if pfn < 0:
                     stop, reason = i, why
@@ -1032,10 +1110,16 @@ def run_batch(
                 rec_n += n_refs + 1
             walks += 1
             refs += n_refs
-            # --- fill the TLB, every level
-            tag, key = tlb_key(pid, vpn, (tv & TV_HUGE) != 0, huge_shift)
+            # --- fill the TLB, every level (in the ways the probes found, unless a fault,
+            # whose evictions invalidate entries, came between)
+            huge_fill = (tv & TV_HUGE) != 0
+            tag, key = tlb_key(pid, vpn, huge_fill, huge_shift)
             for lvl in range(tlb_levels):
-                tlb_fill(tags, vals, stamps, st, lvl, tsets[lvl], tways[lvl], tag, key, tv)
+                way = way0 if lvl == 0 else way1
+                if way >= 0 and not faulted and not huge_fill:
+                    tlb_put(tags, vals, stamps, st, lvl, way, tag, tv)
+                else:
+                    tlb_fill(tags, vals, stamps, st, lvl, tsets[lvl], tways[lvl], tag, key, tv)
 
         # --- the access itself: policy bookkeeping, referenced/dirty bits, contents
         old_flags = fi32[pfn, F_FLAGS]

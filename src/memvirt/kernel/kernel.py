@@ -83,6 +83,7 @@ from memvirt.dataplane.layout import (
     L_HEAD,
     L_SIZE,
     MAX_TABLE_PAGES,
+    MEMO_SLOTS,
     N_CFG,
     N_LIST,
     N_PCTR,
@@ -404,6 +405,8 @@ class Kernel:
         #: the sharing watch map and log (K_COW), set by a hypervisor that shares pages
         self.watch = np.zeros(1, dtype=np.int64)
         self.watch_log = np.zeros(1, dtype=np.int64)
+        #: run_batch's memo of the walks it made (no TLB): scratch, emptied by every batch
+        self.memo = np.full((MEMO_SLOTS, 3), -1, dtype=np.int64)
 
     @property
     def machine(self) -> Machine:
@@ -434,6 +437,7 @@ class Kernel:
             self.ring,
             self.watch,
             self.watch_log,
+            self.memo,
         )
 
     # ------------------------------------------------------------------ processes
