@@ -159,7 +159,10 @@ K_SWAP_SLOTS = 17  # slots of the swap device (its arrays may hold fewer: see S_
 # 1: a guest under a hypervisor that shares pages: a frame whose content changes while its
 # bit in the watch map is set (a real page mapping a shared frame) is noted in the watch log
 K_COW = 18
-N_CFG = 19
+# 1: a guest under a hypervisor: a frame whose content changes gets its bit in the change
+# map set, so that the hypervisor's content sync visits only the frames whose bits are set
+K_SYNC = 19
+N_CFG = 20
 
 # eviction ring columns
 RING_OWNER = 0

@@ -73,6 +73,7 @@ from .layout import (
     K_SWAP_READ_FAIL,
     K_SWAP_SLOTS,
     K_SWAP_WRITE_FAIL,
+    K_SYNC,
     K_TLB1_SETS,
     K_TLB1_WAYS,
     K_TLB2_SETS,
@@ -811,6 +812,8 @@ def note_change(watch: np.ndarray, log: np.ndarray, st: np.ndarray, f: int) -> N
 def set_token(m: Machine, f: int, token: int) -> None:
     """Frame ``f`` holds content ``token`` now (noted when watched: :func:`note_change`)."""
     m.fi64[f, G_TOKEN] = token
+    if m.cfg[K_SYNC] != 0:
+        m.changed[f >> 6] |= np.int64(1) << (f & 63)
     if m.cfg[K_COW] != 0:
         note_change(m.watch, m.watch_log, m.st, f)
 
@@ -818,6 +821,9 @@ def set_token(m: Machine, f: int, token: int) -> None:
 @kernel
 def note_changes(m: Machine, frames: np.ndarray) -> None:
     """``frames``' contents were changed from Python: note the watched ones."""
+    if m.cfg[K_SYNC] != 0:
+        for k in range(frames.shape[0]):
+            m.changed[frames[k] >> 6] |= np.int64(1) << (frames[k] & 63)
     if m.cfg[K_COW] != 0:
         for k in range(frames.shape[0]):
             note_change(m.watch, m.watch_log, m.st, frames[k])
@@ -987,6 +993,8 @@ def run_batch(
     recording = m.cfg[K_RECORD] != 0
     record = m.record
     watching = m.cfg[K_COW] != 0  # a hypervisor below shares pages: note their changes
+    syncing = m.cfg[K_SYNC] != 0  # a hypervisor below syncs the contents that changed
+    changed = m.changed
     rec_n = st[S_REC_N]
     # Without a TLB (the hypervisor's pass over the guests' walks) many accesses read a
     # page the batch has just walked: a guest's upper page-table pages come back at every
@@ -1135,6 +1143,8 @@ def run_batch(
         if w:
             flags |= FR_DIRTY
             fi64[pfn, G_TOKEN] = new_token(st)
+            if syncing:
+                changed[pfn >> 6] |= np.int64(1) << (pfn & 63)
             if watching:
                 note_change(m.watch, m.watch_log, st, pfn)
             n_writes += 1

@@ -422,6 +422,44 @@ def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
 
 
 @kernel
+def sync_changed(m: Machine, pid: int, content: np.ndarray, changed: np.ndarray) -> int:
+    """:func:`sync_contents` for the real pages whose bits are set in the guest's change map
+    ``changed`` (each page whose content changed since the last sync), which it clears:
+    the pages are visited in the same order, so the swap slots given back are freed in the
+    same order. Returns how many frames changed."""
+    n = 0
+    fi32 = m.fi32
+    npages = content.shape[0]
+    for word in range(changed.shape[0]):
+        bits = changed[word]
+        if bits == 0:
+            continue
+        changed[word] = 0
+        for b in range(64):
+            if (bits >> b) & 1 == 0:
+                continue
+            page = (word << 6) + b
+            if page >= npages:
+                break
+            t, idx = leaf_entry(m, pid, page)
+            if t < 0 or (m.tables[t, idx] & PTE_PRESENT) == 0:
+                continue
+            f = entry_frame(m, m.tables[t, idx], page)
+            if fi32[f, F_OWNER] != pid:
+                continue  # a shared frame: its sharing is checked on its own
+            if take_content(m, f, content[page, G_TOKEN]):
+                n += 1
+    return n
+
+
+@kernel
+def mark_changed(changed: np.ndarray, pages: np.ndarray) -> None:
+    """Set the bits of ``pages`` in the change map ``changed``."""
+    for k in range(pages.shape[0]):
+        changed[pages[k] >> 6] |= np.int64(1) << (pages[k] & 63)
+
+
+@kernel
 def doubled_pages(m: Machine, pid: int, ring: np.ndarray, n: int, out: np.ndarray) -> int:
     """Of the real pages a guest wrote to its swap (the entries of the first ``n`` of its
     eviction ``ring`` that stored a copy, in order), those ``pid``'s host entry says are

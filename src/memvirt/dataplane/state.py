@@ -40,4 +40,5 @@ class Machine(NamedTuple):
     ring: np.ndarray  # int64[cap, N_RING] evictions (owner, vpn, frame, written), when logged
     watch: np.ndarray  # int64[words] bit f % 64 of word f // 64: frame f's changes are noted
     watch_log: np.ndarray  # int64[cap] frames noted (K_COW), S_COW_N of them
+    changed: np.ndarray  # int64[words] bit f % 64 of word f // 64: f changed content (K_SYNC)
     memo: np.ndarray  # int64[MEMO_SLOTS, 3] (page, frame, references) of walks a batch made

@@ -85,6 +85,8 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
     break_args = (host_m, tables.bundle, content, 0, pid, pages, vm.guest.watch_log, 0,
                   tables.marks_for(r.real_pages), pages, pages)  # fmt: skip
     return [
+        (reclaim.sync_changed, (host_m, pid, content, vm.guest.changed)),
+        (reclaim.mark_changed, (vm.guest.changed, pages)),
         (reclaim.sync_contents, (host_m, pid, content)),
         (reclaim.mark_stale, (host_m, pid, pages, content, pages)),
         (reclaim.settle_tokens, (host_m, pid, pages, content)),

@@ -56,6 +56,7 @@ from memvirt.dataplane.layout import (
     FR_TABLE,
     K_RECORD,
     K_RING,
+    K_SYNC,
     N_RING,
     RING_OWNER,
     RING_VPN,
@@ -225,6 +226,9 @@ class VirtualizedMachine:
                 )
             )
             guest.cfg[K_RECORD] = 1
+            # the guest notes which of its frames' contents change, for the content sync
+            guest.changed = np.zeros(-(-(vmc.memory // page) // 64), dtype=np.int64)
+            guest.cfg[K_SYNC] = 1
             # the walk record holds a quantum's walks, or RECORD_CAPACITY entries: when it
             # fills the host pass runs mid-quantum (a drain) and the quantum goes on
             capacity = min(quantum * (geometry.levels + 1) + 8, RECORD_CAPACITY)
@@ -367,9 +371,24 @@ class VirtualizedMachine:
         host entry. So, before the host acts, every host frame whose real page
         changed takes the new token and turns dirty, and a host swap copy of it,
         now stale, is given back: a later eviction writes the page out again.
-        Returns how many frames changed.
+
+        Only the real pages named in the guest's change map are visited: the guest
+        sets a page's bit wherever its token changes (``native.set_token``, a write
+        in ``run_batch``, ``Kernel.set_tokens``), and the host pass sets the bits of
+        the page-table pages it wrote. In the check mode the whole VM is compared
+        afterwards, and a page the map missed is an error. Returns how many frames
+        changed.
         """
-        return int(reclaim.sync_contents(self.host.machine, vm.host_pid, vm.guest.frames.fi64))
+        host_m, content = self.host.machine, vm.guest.frames.fi64
+        changed = int(reclaim.sync_changed(host_m, vm.host_pid, content, vm.guest.changed))
+        if self.check:  # the change map must have named every page whose content changed
+            missed = int(reclaim.sync_contents(host_m, vm.host_pid, content))
+            if missed:
+                raise ContentError(
+                    f"VM {vm.name}: the content sync missed {missed} real pages whose "
+                    "contents changed (their bits were not set in the guest's change map)"
+                )
+        return changed
 
     def host_touch(self, vm: VM, pages: np.ndarray, writes: np.ndarray) -> dict[str, int]:
         """The host runs ``pages`` of ``vm`` as accesses; the counters' change. The copies
@@ -638,6 +657,9 @@ class VirtualizedMachine:
         # the pass's own writes and faults leave frame tokens behind the guest's: the host
         # copies (in frames, and in swap for pages the pass evicted) take the real contents
         self._settle_pass(vm, np.ascontiguousarray(pages[kinds == 0]))
+        # the pass's writes to page-table pages leave host tokens behind the guest's: the
+        # next sync must visit them
+        reclaim.mark_changed(vm.guest.changed, np.ascontiguousarray(pages[kinds != 0]))
         reclaimer.after_host_pass(vm, pages)
         return int(copies.size)
 

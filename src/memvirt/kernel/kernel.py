@@ -405,6 +405,8 @@ class Kernel:
         #: the sharing watch map and log (K_COW), set by a hypervisor that shares pages
         self.watch = np.zeros(1, dtype=np.int64)
         self.watch_log = np.zeros(1, dtype=np.int64)
+        #: the change map (K_SYNC): frames whose contents changed since the hypervisor's sync
+        self.changed = np.zeros(1, dtype=np.int64)
         #: run_batch's memo of the walks it made (no TLB): scratch, emptied by every batch
         self.memo = np.full((MEMO_SLOTS, 3), -1, dtype=np.int64)
 
@@ -437,6 +439,7 @@ class Kernel:
             self.ring,
             self.watch,
             self.watch_log,
+            self.changed,
             self.memo,
         )
 

@@ -1,0 +1,107 @@
+"""The guests' change maps: the content sync before each host pass visits only the real
+pages whose contents changed.
+
+A guest sets a real page's bit wherever its token changes (a write in ``run_batch``, a
+fault, ``Kernel.set_tokens``); the host pass sets the bits of the page-table pages it
+wrote. ``VirtualizedMachine.sync_contents`` visits the pages whose bits are set, in
+order, and clears them. In the check mode it then compares the whole VM, and a page the
+map missed is an error: every check-mode run (tests/test_properties.py among them)
+checks the map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memvirt.dataplane import reclaim
+from memvirt.dataplane.layout import G_TOKEN
+from memvirt.engine.native import ContentError
+from memvirt.engine.virtual import VM, VirtualizedMachine
+
+
+def _machine(check: bool = False) -> VirtualizedMachine:
+    from test_sharing_scan import small_machine
+
+    machine = small_machine(1, False, 7, 2000)
+    machine.check = check
+    return machine
+
+
+def _bits(vm: VM) -> list[int]:
+    words = vm.guest.changed
+    return [w * 64 + b for w in range(words.shape[0]) for b in range(64) if words[w] >> b & 1]
+
+
+def _host_token(machine: VirtualizedMachine, vm: VM, page: int) -> int:
+    frame = reclaim.frame_of(machine.host.machine, vm.host_pid, page)
+    return int(machine.host.frames.fi64[frame, G_TOKEN])
+
+
+def _process_page(vm: VM) -> tuple[int, int, int]:
+    """(pid, a virtual page of the VM's process in memory, its real page)."""
+    pid = vm.reports[0].pid
+    for vpn in range(1 << 16):
+        real = reclaim.frame_of(vm.guest.machine, pid, vpn)
+        if real >= 0:
+            return pid, vpn, real
+    raise AssertionError("the process has no page in memory")
+
+
+def test_a_write_through_the_tlb_sets_the_bit_and_the_sync_clears_it() -> None:
+    machine = _machine()
+    vm = machine.vms[0]
+    machine.sync_contents(vm)
+    assert _bits(vm) == []
+    pid, vpn, real = _process_page(vm)
+    # a read fills the TLB; the write then hits it, unseen by the host
+    vm.guest.run(pid, np.array([vpn, vpn], dtype=np.int64), np.array([0, 1], dtype=np.uint8),
+                 page_numbers=True)  # fmt: skip
+    assert _bits(vm) == [real]
+    assert _host_token(machine, vm, real) != vm.guest.frames.token(real)
+    assert machine.sync_contents(vm) == 1
+    assert _host_token(machine, vm, real) == vm.guest.frames.token(real)
+    assert _bits(vm) == []
+
+
+def test_tokens_set_from_python_set_their_bits() -> None:
+    machine = _machine()
+    vm = machine.vms[0]
+    machine.sync_contents(vm)
+    _, _, real = _process_page(vm)
+    vm.guest.set_tokens(np.array([real], dtype=np.int64), 12345)
+    assert _bits(vm) == [real]
+    assert machine.sync_contents(vm) == 1
+    assert _host_token(machine, vm, real) == 12345
+
+
+def test_the_check_mode_finds_a_change_the_map_missed() -> None:
+    machine = _machine(check=True)
+    vm = machine.vms[0]
+    machine.sync_contents(vm)
+    _, _, real = _process_page(vm)
+    vm.guest.frames.fi64[real, G_TOKEN] = 999  # behind the data plane's back
+    with pytest.raises(ContentError, match="missed 1 real pages"):
+        machine.sync_contents(vm)
+
+
+def test_the_sync_of_the_map_is_the_whole_sync() -> None:
+    """After a run, the sync from the map and the sync of every page leave the same host."""
+    runs = []
+    for _ in range(2):
+        machine = _machine()
+        machine.run(accesses=20_000)
+        runs.append(machine)
+    by_map, whole = runs
+    vm_map, vm_whole = by_map.vms[0], whole.vms[0]
+    # the host pass synced; dirty the guest afterwards the same way in both
+    for vm in (vm_map, vm_whole):
+        pid, vpn, _ = _process_page(vm)
+        vm.guest.run(pid, np.array([vpn] * 3, dtype=np.int64), np.ones(3, dtype=np.uint8),
+                     page_numbers=True)  # fmt: skip
+    changed_map = by_map.sync_contents(vm_map)
+    changed_whole = reclaim.sync_contents(whole.host.machine, vm_whole.host_pid,
+                                          vm_whole.guest.frames.fi64)  # fmt: skip
+    assert changed_map == changed_whole == 1
+    for a, b in zip(by_map.host.machine, whole.host.machine, strict=True):
+        assert np.array_equal(a, b)
