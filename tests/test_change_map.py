@@ -4,9 +4,12 @@ pages whose contents changed.
 A guest sets a real page's bit wherever its token changes (a write in ``run_batch``, a
 fault, ``Kernel.set_tokens``); the host pass sets the bits of the page-table pages it
 wrote. ``VirtualizedMachine.sync_contents`` visits the pages whose bits are set, in
-order, and clears them. In the check mode it then compares the whole VM, and a page the
-map missed is an error: every check-mode run (tests/test_properties.py among them)
-checks the map.
+order, and clears them, except those whose host copy is not a frame of the VM and
+differs from the content (swapped, for one): their bits stay set, and the host pass
+reads them as writes (stale) without walking the host table. In the check mode the
+whole VM is compared after the sync, and the stale pages against a look at every host
+copy: a page the map missed is an error, so every check-mode run
+(tests/test_properties.py among them) checks the map.
 """
 
 from __future__ import annotations
@@ -104,4 +107,44 @@ def test_the_sync_of_the_map_is_the_whole_sync() -> None:
                                           vm_whole.guest.frames.fi64)  # fmt: skip
     assert changed_map == changed_whole == 1
     for a, b in zip(by_map.host.machine, whole.host.machine, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_page_the_host_swapped_keeps_its_bit_until_the_host_takes_it_again() -> None:
+    """The guest writes a page the host has swapped out: the sync cannot give the content
+    to a frame, so the bit stays, and the host pass reads the page as a write (stale), as
+    a look at the host's swap copy would."""
+    machine = _machine()
+    vm = machine.vms[0]
+    machine.sync_contents(vm)
+    _, _, real = _process_page(vm)
+    host_m = machine.host.machine
+    frame = reclaim.frame_of(host_m, vm.host_pid, real)
+    assert reclaim.evict_frames(host_m, np.array([frame], dtype=np.int64), 1) == 1
+    assert reclaim.host_copy(host_m, vm.host_pid, real)[0] == 2  # in swap
+    vm.guest.set_tokens(np.array([real], dtype=np.int64), 777)
+    assert machine.sync_contents(vm) == 0
+    assert _bits(vm) == [real]  # still stale
+    pages = np.array([real, real], dtype=np.int64)
+    writes = np.array([0, 1], dtype=np.int64)
+    looked = writes.copy()
+    reclaim.mark_stale(host_m, vm.host_pid, pages, vm.guest.frames.fi64, looked)
+    assert reclaim.mark_stale_changed(pages, writes, vm.guest.changed) == 1
+    assert writes.tolist() == looked.tolist() == [1, 1]
+    # the host takes the page again (a fault, then the settling of the pass): the next
+    # sync finds its copy current and clears the bit
+    machine.host_touch(vm, pages[:1], np.ones(1, dtype=np.uint8))
+    assert _host_token(machine, vm, real) == 777
+    machine.sync_contents(vm)
+    assert _bits(vm) == []
+
+
+def test_prefetching_the_pages_of_a_pass_changes_nothing() -> None:
+    machine = _machine()
+    vm = machine.vms[0]
+    host_m = machine.host.machine
+    before = [a.copy() for a in host_m]
+    pages = np.arange(0, vm.real_pages + 64, 7, dtype=np.int64)  # present, absent, beyond
+    reclaim.prefetch_pages(host_m, vm.host_pid, pages)
+    for a, b in zip(before, machine.host.machine, strict=True):
         assert np.array_equal(a, b)

@@ -30,7 +30,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numba
+from llvmlite import binding, ir  # type: ignore[import-untyped]
+from numba.core import cgutils, types
 from numba.core.caching import CacheImpl
+from numba.extending import intrinsic
 
 #: The file beside a cache that names the sources its kernels were compiled from.
 STAMP = "memvirt-dataplane.stamp"
@@ -104,3 +107,50 @@ def inlined(fn: F) -> F:
     """Compile ``fn`` for the data plane, inlined wherever it is called."""
     options: dict[str, Any] = {"cache": True, "inline": "always", "_nrt": False}
     return cast(F, _njit(**options)(fn))
+
+
+# llvm.prefetch's name carries its pointer type: opaque pointers from LLVM 15 on
+_PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+_cg: Any = cgutils  # numba's code-generation helpers carry no annotations
+
+
+def _prefetch_codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+    array_type = sig.args[0]
+    view = context.make_array(array_type)(context, builder, args[0])
+    where = [
+        context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], sig.args[1:], strict=True)
+    ]
+    pointer = _cg.get_item_pointer(context, builder, array_type, view, where, wraparound=False)
+    byte_pointer = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    function = _cg.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), _PREFETCH
+    )
+    # read (0), keep in all cache levels (3), data cache (1)
+    hints = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+    builder.call(function, [builder.bitcast(pointer, byte_pointer), *hints])
+    return context.get_dummy_value()
+
+
+def _prefetch_typing(typingctx: Any, array: Any, index: Any) -> Any:
+    """Hint the CPU to load ``array[index]`` of a 1-D array into the cache (a read, kept in
+    every cache level). It changes no state and cannot fault: an index out of bounds is
+    harmless."""
+    if not isinstance(array, types.Array) or array.ndim != 1:
+        return None
+    return types.void(array, index), _prefetch_codegen
+
+
+def _prefetch2_typing(typingctx: Any, array: Any, row: Any, col: Any) -> Any:
+    """:func:`prefetch` for element ``array[row, col]`` of a 2-D array."""
+    if not isinstance(array, types.Array) or array.ndim != 2:
+        return None
+    return types.void(array, row, col), _prefetch_codegen
+
+
+#: ``prefetch(array, i)`` and ``prefetch2(array, row, col)`` in a kernel (numba only): a
+#: cache hint for an element read soon, where the out-of-order core would meet its miss
+#: too late to overlap it with others
+prefetch: Any = intrinsic(_prefetch_typing)
+prefetch2: Any = intrinsic(_prefetch2_typing)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import inlined, kernel
+from .jit import inlined, kernel, prefetch2
 from .layout import (
     F_FLAGS,
     F_NEXT,
@@ -424,9 +424,14 @@ def sync_contents(m: Machine, pid: int, content: np.ndarray) -> int:
 @kernel
 def sync_changed(m: Machine, pid: int, content: np.ndarray, changed: np.ndarray) -> int:
     """:func:`sync_contents` for the real pages whose bits are set in the guest's change map
-    ``changed`` (each page whose content changed since the last sync), which it clears:
-    the pages are visited in the same order, so the swap slots given back are freed in the
-    same order. Returns how many frames changed."""
+    ``changed`` (each page whose content changed since the last sync): the pages are
+    visited in the same order, so the swap slots given back are freed in the same order.
+
+    A page whose host copy is not a frame of ``pid`` (a swap slot, the compression cache,
+    a shared frame, nowhere) cannot take the content now: its bit stays set while that
+    copy differs from the content (what :func:`host_copy` holds is not ``content[page]``),
+    so that :func:`mark_stale_changed` reads it as stale; every other bit is cleared.
+    Returns how many frames changed."""
     n = 0
     fi32 = m.fi32
     npages = content.shape[0]
@@ -442,14 +447,56 @@ def sync_changed(m: Machine, pid: int, content: np.ndarray, changed: np.ndarray)
             if page >= npages:
                 break
             t, idx = leaf_entry(m, pid, page)
-            if t < 0 or (m.tables[t, idx] & PTE_PRESENT) == 0:
-                continue
-            f = entry_frame(m, m.tables[t, idx], page)
-            if fi32[f, F_OWNER] != pid:
-                continue  # a shared frame: its sharing is checked on its own
-            if take_content(m, f, content[page, G_TOKEN]):
-                n += 1
+            e = m.tables[t, idx] if t >= 0 else 0
+            held = 0  # the host copy's content, as host_copy reads it
+            if e & PTE_PRESENT:
+                f = entry_frame(m, e, page)
+                if fi32[f, F_OWNER] == pid:
+                    if take_content(m, f, content[page, G_TOKEN]):
+                        n += 1
+                    continue
+                held = m.fi64[f, G_TOKEN]  # a shared frame: its sharing is checked apart
+            elif e & PTE_SWAPPED:
+                held = m.swap_token[e >> PTE_SHIFT]
+            if held != content[page, G_TOKEN]:
+                changed[word] |= np.int64(1) << b  # stale until the host takes it again
     return n
+
+
+@kernel
+def prefetch_pages(m: Machine, pid: int, pages: np.ndarray) -> None:
+    """Bring the host's last-level entries of ``pages``, then their frames' metadata, into
+    the cache: a hint for the host pass that follows, which changes nothing. Its loads do
+    not wait for one another, so their cache misses overlap, where the pass's walks would
+    meet them one at a time."""
+    levels = m.cfg[K_LEVELS]
+    for k in range(pages.shape[0]):
+        t, idx = leaf_table(m, pid, pages[k])
+        if t >= 0:
+            prefetch2(m.tables, t, idx if idx >= 0 else
+                     (pages[k] >> m.shifts[levels - 1]) & m.masks[levels - 1])  # fmt: skip
+    for k in range(pages.shape[0]):
+        t, idx = leaf_entry(m, pid, pages[k])
+        if t >= 0:
+            e = m.tables[t, idx]
+            if e & PTE_PRESENT:
+                f = entry_frame(m, e, pages[k])
+                prefetch2(m.fi32, f, 0)
+                prefetch2(m.fi64, f, 0)
+
+
+@kernel
+def mark_stale_changed(pages: np.ndarray, writes: np.ndarray, changed: np.ndarray) -> int:
+    """:func:`mark_stale` after :func:`sync_changed`: the accesses to ``pages`` whose bits
+    are still set in the change map (their host copies differ from their contents) are
+    marked as writes, without a walk of the host table. Returns how many were marked."""
+    marked = 0
+    for k in range(pages.shape[0]):
+        page = pages[k]
+        if writes[k] == 0 and (changed[page >> 6] >> (page & 63)) & 1:
+            writes[k] = 1
+            marked += 1
+    return marked
 
 
 @kernel

@@ -87,6 +87,8 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
     return [
         (reclaim.sync_changed, (host_m, pid, content, vm.guest.changed)),
         (reclaim.mark_changed, (vm.guest.changed, pages)),
+        (reclaim.mark_stale_changed, (pages, pages, vm.guest.changed)),
+        (reclaim.prefetch_pages, (host_m, pid, pages)),
         (reclaim.sync_contents, (host_m, pid, content)),
         (reclaim.mark_stale, (host_m, pid, pages, content, pages)),
         (reclaim.settle_tokens, (host_m, pid, pages, content)),

@@ -630,9 +630,21 @@ class VirtualizedMachine:
         # which sets the host entry's dirty bit): the host frames take the new contents
         self.sync_contents(vm)
         data = kinds == 0
-        data_writes = writes[data]
-        # walked data pages the host does not hold as the guest does: writes too
-        reclaim.mark_stale(host_m, vm.host_pid, pages[data], content, data_writes)
+        data_pages, data_writes = pages[data], writes[data]
+        # walked data pages the host does not hold as the guest does: writes too (the sync
+        # left their bits set in the change map)
+        if self.check:  # the map must name the pages a look at every host copy finds
+            expected = data_writes.copy()
+            reclaim.mark_stale(host_m, vm.host_pid, data_pages, content, expected)
+        reclaim.mark_stale_changed(data_pages, data_writes, vm.guest.changed)
+        reclaim.prefetch_pages(host_m, vm.host_pid, data_pages)
+        if self.check and not np.array_equal(expected, data_writes):
+            wrong = data_pages[expected != data_writes]
+            raise ContentError(
+                f"VM {vm.name}: the change map names {wrong.size} stale pages wrongly, "
+                f"real page {int(wrong[0])} first",
+                PageRef(vm=vm.name, real_page=int(wrong[0])),
+            )
         writes[data] = data_writes
         doubled = reclaimer.double_paging(vm)
         if self.walk_caches and pages.size:

@@ -69,12 +69,10 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from llvmlite import binding, ir  # type: ignore[import-untyped]
-from numba import njit, types
-from numba.core import cgutils as _cgutils
-from numba.extending import intrinsic
+from numba import njit
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from memvirt.dataplane.jit import prefetch
 from memvirt.traces.model import Trace
 
 #: The most pages one region may have (8 TiB of 4 KiB pages); keeps every
@@ -346,39 +344,6 @@ def _uniform_pages(raw: np.ndarray, n: np.uint64, offset: np.int64, out: np.ndar
         out[i] = offset + np.int64(_mulhi(raw[i], n))
 
 
-# llvm.prefetch's name carries its pointer type: opaque pointers from LLVM 15 on
-_PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
-
-
-_cg: Any = _cgutils  # numba's code-generation helpers carry no annotations
-
-
-def _prefetch_typing(typingctx: Any, array: Any, index: Any) -> Any:
-    """Hint the CPU to load ``array[index]`` into the cache (a read, high locality); no
-    effect on results."""
-    signature = types.void(array, index)
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        array_type = sig.args[0]
-        view = context.make_array(array_type)(context, builder, args[0])
-        pointer = _cg.get_item_pointer(
-            context, builder, array_type, view, [args[1]], wraparound=False
-        )
-        byte_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        function = _cg.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), _PREFETCH
-        )
-        # read (0), keep in all cache levels (3), data cache (1)
-        hints = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
-        builder.call(function, [builder.bitcast(pointer, byte_pointer), *hints])
-        return context.get_dummy_value()
-
-    return signature, codegen
-
-
-_prefetch: Any = intrinsic(_prefetch_typing)
-
 #: How many accesses ahead the alias kernel asks for its table entry. A table larger than
 #: the cache makes every lookup a miss; the out-of-order core overlaps only the few misses
 #: of the loop iterations it holds, while prefetches overlap as many as the memory system
@@ -397,7 +362,7 @@ def _alias_pages(
     m = out.shape[0]
     for i in range(m):
         if i + _PREFETCH_DISTANCE < m:
-            _prefetch(table, _mulhi(raw[i + _PREFETCH_DISTANCE], n))
+            prefetch(table, _mulhi(raw[i + _PREFETCH_DISTANCE], n))
         r = raw[i]
         col = _mulhi(r, n)
         frac = (r * n) >> _S32  # the low half of the product: wraps mod 2**64, as intended
