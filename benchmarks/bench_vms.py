@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from memvirt.config import load_scenario
+from memvirt.dataplane import native
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VirtualizedMachine
 
@@ -37,11 +40,56 @@ def state_bytes(machine: VirtualizedMachine) -> tuple[int, int]:
     return total, swap
 
 
+RUN_BATCH = native.run_batch
+PARTS = ("guest run_batch", "host run_batch", "content sync", "settling", "host pass, the rest",
+         "the rest")  # fmt: skip
+
+
+def timed_parts(machine: VirtualizedMachine) -> dict[str, float]:
+    """Wrap the machine's data-plane calls and host-pass steps in timers; the dict they
+    add their seconds to."""
+    spent = dict.fromkeys(("guest", "host", "sync", "settle", "pass"), 0.0)
+    host_cfg = machine.host.cfg
+    run_batch = RUN_BATCH
+
+    def batch(m: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        out = run_batch(m, *args)
+        spent["host" if m.cfg is host_cfg else "guest"] += time.perf_counter() - t
+        return out
+
+    native.run_batch = batch  # the kernel calls it through the module
+
+    def timer(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            t = time.perf_counter()
+            out = fn(*args)
+            spent[name] += time.perf_counter() - t
+            return out
+
+        return call
+
+    machine.sync_contents = timer("sync", machine.sync_contents)
+    machine._settle_pass = timer("settle", machine._settle_pass)
+    machine._host_pass = timer("pass", machine._host_pass)
+    return spent
+
+
+def split(spent: dict[str, float], seconds: float) -> list[float]:
+    """Seconds in each of PARTS (the host pass's own time less what it contains)."""
+    # the guest's run_batch calls the host pass when its record fills (a drain)
+    rest_of_pass = spent["pass"] - spent["host"] - spent["sync"] - spent["settle"]
+    guest = spent["guest"]
+    return [guest, spent["host"], spent["sync"], spent["settle"], rest_of_pass,
+            seconds - guest - spent["pass"]]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--accesses", type=int, default=2_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--paging", default="nested", choices=("nested", "shadow"))
+    ap.add_argument("--parts", action="store_true", help="time each part of the runs")
     args = ap.parse_args()
     settings = [
         f"run.accesses={args.accesses}",
@@ -51,19 +99,27 @@ def main() -> None:
     warm = build(load_scenario(EXAMPLE, settings))
     warm.run(accesses=20_000)  # load the compiled data plane
     rates = []
+    parts: list[list[float]] = []
     for _ in range(args.repeat):
         machine = build(load_scenario(EXAMPLE, settings))
         assert isinstance(machine, VirtualizedMachine)
+        spent = timed_parts(machine) if args.parts else {}
         start = time.perf_counter()
         machine.run(accesses=args.accesses)
         seconds = time.perf_counter() - start
         rates.append(machine.total_accesses / seconds)
+        if args.parts:
+            parts.append([1e9 * p / machine.total_accesses for p in split(spent, seconds)])
+    native.run_batch = RUN_BATCH
     pages = machine.host.config.frames + sum(vm.real_pages for vm in machine.vms)
     host = machine.host.counters()
     print(f"{args.paging} paging, {args.accesses:,} accesses, 2 VMs, overcommit 1.5x")
     print(f"accesses/s (median of {args.repeat}): {statistics.median(rates) / 1e6:.2f} M"
           f"  runs: {' '.join(f'{r / 1e6:.2f}' for r in rates)}")  # fmt: skip
     print(f"host faults {host['faults']:,}, host swap-outs {host['writebacks']:,}")
+    for k, name in enumerate(PARTS if parts else ()):
+        ns = statistics.median(p[k] for p in parts)
+        print(f"  {name:22s} {ns:6.1f} ns per access")
     total, swap = state_bytes(machine)
     print(f"state: {total / pages:.1f} bytes per simulated page, {swap / pages:.1f} of them "
           f"the swap devices' slots ({pages:,} pages: host frames + VM real pages)")  # fmt: skip
