@@ -641,8 +641,9 @@ class VirtualizedMachine:
         if self.check and not np.array_equal(expected, data_writes):
             wrong = data_pages[expected != data_writes]
             raise ContentError(
-                f"VM {vm.name}: the change map names {wrong.size} stale pages wrongly, "
-                f"real page {int(wrong[0])} first",
+                f"VM {vm.name}: {wrong.size} real pages (real page {int(wrong[0])} first) "
+                "are stale by a look at their host copies but not by the guest's change map, "
+                "or the other way round: a host copy differs from the guest's content",
                 PageRef(vm=vm.name, real_page=int(wrong[0])),
             )
         writes[data] = data_writes
