@@ -266,7 +266,7 @@ def tlb_key(pid: int, vpn: int, huge: bool, huge_shift: int) -> tuple[int, int]:
     return (pid << TLB_ASID_SHIFT) | vpn, vpn
 
 
-@inlined
+@kernel  # a call: run_batch probes with tlb_probe_victim, this only for huge pages
 def tlb_probe(
     tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
     lvl: int, sets: int, ways: int, tag: int, key: int,
@@ -281,7 +281,7 @@ def tlb_probe(
     return -1
 
 
-@inlined
+@kernel  # a call: run_batch fills in the way its probe found, but after a fault or for huge pages
 def tlb_fill(
     tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
     lvl: int, sets: int, ways: int, tag: int, key: int, val: int,
@@ -533,6 +533,16 @@ def free_pop(fi32: np.ndarray, st: np.ndarray) -> int:
     fi32[f, F_NEXT] = -1
     st[S_FREE_TOP] -= 1
     return f
+
+
+@kernel
+def take_free_frame(m: Machine) -> int:
+    """The frame :func:`take_frame` gives while frames are free (and no quota applies),
+    or -1 when none is free. Spawning a process takes its root table's frame with it, so
+    that a run need not compile the whole inlined ``take_frame`` as a call of its own."""
+    if m.st[S_FREE_TOP] == 0:
+        return -1
+    return free_pop(m.fi32, m.st)
 
 
 @kernel

@@ -521,7 +521,10 @@ class Kernel:
         """Take a frame for ``pid``'s root table (evicting a page if memory is full)."""
         self._ensure_tables(1)
         while True:
-            f = native.take_frame(self.reserve_slots(1), pid, False)
+            m = self.reserve_slots(1)
+            f = native.take_free_frame(m)  # as take_frame does while frames are free
+            if f < 0:
+                f = native.take_frame_called(m, pid, False)
             if f >= 0:
                 break
             victim = self._oom_victim()
