@@ -266,21 +266,6 @@ def tlb_key(pid: int, vpn: int, huge: bool, huge_shift: int) -> tuple[int, int]:
     return (pid << TLB_ASID_SHIFT) | vpn, vpn
 
 
-@kernel  # a call: run_batch probes with tlb_probe_victim, this only for huge pages
-def tlb_probe(
-    tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
-    lvl: int, sets: int, ways: int, tag: int, key: int,
-) -> int:  # fmt: skip
-    """The value cached for ``tag`` at TLB level ``lvl`` (its LRU stamp refreshed), or -1."""
-    base = tlb_set(key, sets) * ways
-    for w in range(ways):
-        if tags[lvl, base + w] == tag:
-            st[S_TLB_CLOCK] += 1
-            stamps[lvl, base + w] = st[S_TLB_CLOCK]
-            return vals[lvl, base + w]
-    return -1
-
-
 @kernel  # a call: run_batch fills in the way its probe found, but after a fault or for huge pages
 def tlb_fill(
     tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
@@ -343,6 +328,15 @@ def tlb_put(
     tags[lvl, e] = tag
     vals[lvl, e] = val
     stamps[lvl, e] = st[S_TLB_CLOCK]
+
+
+@kernel  # a call: run_batch probes with tlb_probe_victim, this only for huge pages
+def tlb_probe(
+    tags: np.ndarray, vals: np.ndarray, stamps: np.ndarray, st: np.ndarray,
+    lvl: int, sets: int, ways: int, tag: int, key: int,
+) -> int:  # fmt: skip
+    """The value cached for ``tag`` at TLB level ``lvl`` (its LRU stamp refreshed), or -1."""
+    return tlb_probe_victim(tags, vals, stamps, st, lvl, sets, ways, tag, key)[0]
 
 
 @kernel
@@ -796,6 +790,19 @@ evict_frame_called = kernel(_evict_frame)
 take_frame_called = kernel(_take_frame)
 
 
+@inlined
+def set_bit(words: np.ndarray, f: int) -> None:
+    """Set bit ``f % 64`` of word ``f // 64`` (the change map's and the watch map's layout)."""
+    words[f >> 6] |= np.int64(1) << (f & 63)
+
+
+@kernel
+def mark_changed(changed: np.ndarray, frames: np.ndarray) -> None:
+    """Set the bits of ``frames`` in the change map ``changed``."""
+    for k in range(frames.shape[0]):
+        set_bit(changed, frames[k])
+
+
 @kernel
 def new_token(st: np.ndarray) -> int:
     """A content token no page has had before."""
@@ -820,20 +827,21 @@ def note_change(watch: np.ndarray, log: np.ndarray, st: np.ndarray, f: int) -> N
 
 @inlined
 def set_token(m: Machine, f: int, token: int) -> None:
-    """Frame ``f`` holds content ``token`` now (noted when watched: :func:`note_change`)."""
+    """Frame ``f`` holds content ``token`` now: its bit set in the change map (K_SYNC),
+    and noted when watched (:func:`note_change`)."""
     m.fi64[f, G_TOKEN] = token
     if m.cfg[K_SYNC] != 0:
-        m.changed[f >> 6] |= np.int64(1) << (f & 63)
+        set_bit(m.changed, f)
     if m.cfg[K_COW] != 0:
         note_change(m.watch, m.watch_log, m.st, f)
 
 
 @kernel
 def note_changes(m: Machine, frames: np.ndarray) -> None:
-    """``frames``' contents were changed from Python: note the watched ones."""
+    """``frames``' contents were changed from Python: set their bits in the change map
+    (K_SYNC), and note the watched ones (K_COW), as :func:`set_token` does."""
     if m.cfg[K_SYNC] != 0:
-        for k in range(frames.shape[0]):
-            m.changed[frames[k] >> 6] |= np.int64(1) << (frames[k] & 63)
+        mark_changed(m.changed, frames)
     if m.cfg[K_COW] != 0:
         for k in range(frames.shape[0]):
             note_change(m.watch, m.watch_log, m.st, frames[k])
@@ -1154,7 +1162,7 @@ def run_batch(
             flags |= FR_DIRTY
             fi64[pfn, G_TOKEN] = new_token(st)
             if syncing:
-                changed[pfn >> 6] |= np.int64(1) << (pfn & 63)
+                set_bit(changed, pfn)
             if watching:
                 note_change(m.watch, m.watch_log, st, pfn)
             n_writes += 1

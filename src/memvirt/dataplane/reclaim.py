@@ -448,16 +448,14 @@ def sync_changed(m: Machine, pid: int, content: np.ndarray, changed: np.ndarray)
                 break
             t, idx = leaf_entry(m, pid, page)
             e = m.tables[t, idx] if t >= 0 else 0
-            held = 0  # the host copy's content, as host_copy reads it
             if e & PTE_PRESENT:
                 f = entry_frame(m, e, page)
                 if fi32[f, F_OWNER] == pid:
                     if take_content(m, f, content[page, G_TOKEN]):
                         n += 1
                     continue
-                held = m.fi64[f, G_TOKEN]  # a shared frame: its sharing is checked apart
-            elif e & PTE_SWAPPED:
-                held = m.swap_token[e >> PTE_SHIFT]
+            # a shared frame (its sharing is checked apart), a swap slot, nowhere
+            _, held = entry_copy(m, e, page)
             if held != content[page, G_TOKEN]:
                 changed[word] |= np.int64(1) << b  # stale until the host takes it again
     return n
@@ -469,12 +467,10 @@ def prefetch_pages(m: Machine, pid: int, pages: np.ndarray) -> None:
     the cache: a hint for the host pass that follows, which changes nothing. Its loads do
     not wait for one another, so their cache misses overlap, where the pass's walks would
     meet them one at a time."""
-    levels = m.cfg[K_LEVELS]
     for k in range(pages.shape[0]):
-        t, idx = leaf_table(m, pid, pages[k])
+        t, idx = leaf_entry(m, pid, pages[k])
         if t >= 0:
-            prefetch2(m.tables, t, idx if idx >= 0 else
-                     (pages[k] >> m.shifts[levels - 1]) & m.masks[levels - 1])  # fmt: skip
+            prefetch2(m.tables, t, idx)
     for k in range(pages.shape[0]):
         t, idx = leaf_entry(m, pid, pages[k])
         if t >= 0:
@@ -497,13 +493,6 @@ def mark_stale_changed(pages: np.ndarray, writes: np.ndarray, changed: np.ndarra
             writes[k] = 1
             marked += 1
     return marked
-
-
-@kernel
-def mark_changed(changed: np.ndarray, pages: np.ndarray) -> None:
-    """Set the bits of ``pages`` in the change map ``changed``."""
-    for k in range(pages.shape[0]):
-        changed[pages[k] >> 6] |= np.int64(1) << (pages[k] & 63)
 
 
 @kernel
@@ -571,6 +560,16 @@ def fix_all_swap_copies(m: Machine, pid: int, content: np.ndarray) -> None:
                 m.swap_token[e >> PTE_SHIFT] = content[first + k, G_TOKEN]
 
 
+@inlined
+def entry_copy(m: Machine, e: int, vpn: int) -> tuple[int, int]:
+    """:func:`host_copy` of the page whose last-level entry is ``e``."""
+    if e & PTE_PRESENT:
+        return 1, m.fi64[entry_frame(m, e, vpn), G_TOKEN]
+    if e & PTE_SWAPPED:
+        return 2, m.swap_token[e >> PTE_SHIFT]
+    return 0, 0
+
+
 @kernel
 def host_copy(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
     """Where the host keeps page ``vpn`` of ``pid`` and its content: (1, token) in a frame,
@@ -578,12 +577,7 @@ def host_copy(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
     t, idx = leaf_entry(m, pid, vpn)
     if t < 0:
         return 0, 0
-    e = m.tables[t, idx]
-    if e & PTE_PRESENT:
-        return 1, m.fi64[entry_frame(m, e, vpn), G_TOKEN]
-    if e & PTE_SWAPPED:
-        return 2, m.swap_token[e >> PTE_SHIFT]
-    return 0, 0
+    return entry_copy(m, m.tables[t, idx], vpn)
 
 
 @kernel

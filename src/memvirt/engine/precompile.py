@@ -86,7 +86,7 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
                   tables.marks_for(r.real_pages), pages, pages)  # fmt: skip
     return [
         (reclaim.sync_changed, (host_m, pid, content, vm.guest.changed)),
-        (reclaim.mark_changed, (vm.guest.changed, pages)),
+        (native.mark_changed, (vm.guest.changed, pages)),
         (reclaim.mark_stale_changed, (pages, pages, vm.guest.changed)),
         (reclaim.prefetch_pages, (host_m, pid, pages)),
         (reclaim.sync_contents, (host_m, pid, content)),

@@ -637,7 +637,6 @@ class VirtualizedMachine:
             expected = data_writes.copy()
             reclaim.mark_stale(host_m, vm.host_pid, data_pages, content, expected)
         reclaim.mark_stale_changed(data_pages, data_writes, vm.guest.changed)
-        reclaim.prefetch_pages(host_m, vm.host_pid, data_pages)
         if self.check and not np.array_equal(expected, data_writes):
             wrong = data_pages[expected != data_writes]
             raise ContentError(
@@ -647,6 +646,7 @@ class VirtualizedMachine:
                 PageRef(vm=vm.name, real_page=int(wrong[0])),
             )
         writes[data] = data_writes
+        reclaim.prefetch_pages(host_m, vm.host_pid, data_pages)
         doubled = reclaimer.double_paging(vm)
         if self.walk_caches and pages.size:
             keep = np.empty(pages.size, dtype=np.uint8)
@@ -672,7 +672,7 @@ class VirtualizedMachine:
         self._settle_pass(vm, np.ascontiguousarray(pages[kinds == 0]))
         # the pass's writes to page-table pages leave host tokens behind the guest's: the
         # next sync must visit them
-        reclaim.mark_changed(vm.guest.changed, np.ascontiguousarray(pages[kinds != 0]))
+        native.mark_changed(vm.guest.changed, np.ascontiguousarray(pages[kinds != 0]))
         reclaimer.after_host_pass(vm, pages)
         return int(copies.size)
 

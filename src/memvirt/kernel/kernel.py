@@ -644,8 +644,8 @@ class Kernel:
 
     def set_tokens(self, frames: np.ndarray, tokens: np.ndarray | int) -> None:
         """Frames ``frames`` hold contents ``tokens`` now, written from Python: as the data
-        plane's ``native.set_token`` does, the watched ones are noted for a hypervisor that
-        shares pages."""
+        plane's ``native.set_token`` does, their bits are set in the change map for a
+        hypervisor's content sync, and the watched ones are noted for its page sharing."""
         frames = np.ascontiguousarray(frames, dtype=np.int64)
         self.frames.fi64[frames, G_TOKEN] = tokens
         native.note_changes(self.machine, frames)
