@@ -730,3 +730,36 @@ def test_the_serial_executor_runs_at_submission(sweep_file: Path) -> None:
     got: list[str] = []
     run_tasks(Runner(SerialExecutor(), 1, "test"), tasks, lambda o: got.append(o.key), record)
     assert order == got == [t.key for t in tasks]
+
+
+def test_a_new_catalog_appears_whole_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new catalog is made under a temporary name and renamed, so that a reader never
+    opens a file without its meta table; a failure leaves neither file behind."""
+    from memvirt.sweep import catalog as catalog_module
+
+    renamed: list[tuple[Path, Path]] = []
+    replace = os.replace
+
+    def spy(src: Path, dst: Path) -> None:
+        with sqlite3.connect(src) as db:  # complete before it takes the catalog's name
+            assert [
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ] == ["meta"]
+        renamed.append((Path(src), Path(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(catalog_module.os, "replace", spy)
+    with catalog_module.Catalog.open(tmp_path / "a", create=True) as cat:
+        assert cat.meta()["schema_version"] == catalog_module.SCHEMA_VERSION
+    assert [dst.name for _, dst in renamed] == [catalog_module.CATALOG]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")) == []
+
+    def fail(src: Path, dst: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(catalog_module.os, "replace", fail)
+    with pytest.raises(SweepError, match="cannot make the sweep catalog"):
+        catalog_module.Catalog.open(tmp_path / "b", create=True)
+    assert list((tmp_path / "b").iterdir()) == []

@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -131,6 +132,27 @@ def metrics_of(summary: Mapping[str, Any]) -> dict[str, int | float | None]:
     return out
 
 
+def _create_meta(db: sqlite3.Connection) -> None:
+    """The table that makes a database a catalog, with its schema version."""
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta (name, value) VALUES (?, ?)",
+               ("schema_version", json.dumps(SCHEMA_VERSION)))  # fmt: skip
+
+
+def _make(path: Path) -> None:
+    """A new, empty catalog at ``path``, made under a temporary name and renamed: a reader
+    (``memvirt sweep status`` while the sweep starts) never finds a file without its meta
+    table."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with closing(sqlite3.connect(tmp, isolation_level=None)) as db:
+            _create_meta(db)
+        os.replace(tmp, path)
+    except (OSError, sqlite3.DatabaseError) as err:
+        tmp.unlink(missing_ok=True)
+        raise SweepError(f"{path}: cannot make the sweep catalog: {err}") from None
+
+
 class Catalog:
     """A sweep's SQLite catalog, open for reading and writing (one writer: the process that
     runs the sweep)."""
@@ -155,6 +177,8 @@ class Catalog:
                 raise SweepError(
                     f"--out {out}: cannot make the directory: {err.strerror}"
                 ) from None
+            if not path.exists():
+                _make(path)
         try:
             db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             db.execute("PRAGMA journal_mode=WAL")
@@ -171,8 +195,7 @@ class Catalog:
             if tables or not create:
                 raise SweepError(f"{self.path}: not a memvirt sweep catalog (no meta table)")
             with self.transaction():
-                self._db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                self._set_meta("schema_version", SCHEMA_VERSION)
+                _create_meta(self._db)
             return
         version = self.meta().get("schema_version")
         if version != SCHEMA_VERSION:
