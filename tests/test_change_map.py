@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from memvirt.dataplane import reclaim
-from memvirt.dataplane.layout import G_TOKEN
+from memvirt.dataplane.layout import F_OWNER, G_TOKEN
 from memvirt.engine.native import ContentError
 from memvirt.engine.virtual import VM, VirtualizedMachine
 
@@ -148,3 +148,50 @@ def test_prefetching_the_pages_of_a_pass_changes_nothing() -> None:
     reclaim.prefetch_pages(host_m, vm.host_pid, pages)
     for a, b in zip(before, machine.host.machine, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_settling_from_the_host_map_is_the_whole_settling() -> None:
+    """After a host pass, settling the frames whose bits the host set leaves the host as
+    settling every data page of the pass does, and clears the map and the marks."""
+    runs = []
+    for _ in range(2):
+        machine = _machine()
+        machine.run(accesses=20_000)
+        runs.append(machine)
+    for machine in runs:  # the same pass in both: faults, a host write, pages held already
+        vm = machine.vms[0]
+        machine.sync_contents(vm)
+        machine.host.changed[:] = 0
+        pages = np.arange(0, vm.real_pages, 3, dtype=np.int64)
+        host_m = machine.host.machine
+        frames = np.array([reclaim.frame_of(host_m, vm.host_pid, int(p)) for p in pages])
+        private = (frames >= 0) & (machine.host.frames.fi32[frames, F_OWNER] == vm.host_pid)
+        writes = (private & (pages % 2 == 1)).astype(np.uint8)  # not to shared frames
+        assert machine.host.run(vm.host_pid, pages, writes, page_numbers=True) == pages.size
+    by_map, whole = runs
+    vm_map, vm_whole = by_map.vms[0], whole.vms[0]
+    pages = np.arange(0, vm_map.real_pages, 3, dtype=np.int64)
+    assert by_map.host.changed.any()
+    content = vm_map.guest.frames.fi64
+    reclaim.settle_changed(by_map.host.machine, vm_map.host_pid, pages, content,
+                           vm_map.settle_marks)  # fmt: skip
+    changed = reclaim.settle_tokens(whole.host.machine, vm_whole.host_pid, pages,
+                                    vm_whole.guest.frames.fi64)  # fmt: skip
+    assert changed > 0  # the pass left frames behind their pages' contents
+    assert not by_map.host.changed.any() and not vm_map.settle_marks.any()
+    whole.host.changed[:] = 0
+    for a, b in zip(by_map.host.machine, whole.host.machine, strict=True):
+        assert np.array_equal(a, b)
+    assert reclaim.settle_tokens(by_map.host.machine, vm_map.host_pid, pages, content) == 0
+
+
+def test_the_check_mode_finds_a_host_change_the_map_missed() -> None:
+    machine = _machine(check=True)
+    vm = machine.vms[0]
+    machine.sync_contents(vm)
+    _, _, real = _process_page(vm)
+    frame = reclaim.frame_of(machine.host.machine, vm.host_pid, real)
+    machine.host.changed[:] = 0
+    machine.host.frames.fi64[frame, G_TOKEN] = 999  # behind the data plane's back
+    with pytest.raises(ContentError, match="settling after a host pass missed 1 frames"):
+        machine._settle_pass(vm, np.array([real], dtype=np.int64))

@@ -74,6 +74,7 @@ from .native import (
     list_id,
     list_remove,
     rng_next,
+    set_bit,
     set_token,
     swap_full,
     take_frame_called,
@@ -617,17 +618,72 @@ def first_bad_copy(m: Machine, pid: int, guest: Machine, skip_owner: int) -> int
 
 
 @kernel
-def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) -> None:
+def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) -> int:
     """After a host pass over ``pages`` of ``pid``: each one in a frame of ``pid`` holds
     ``content[page]`` (the pass's own writes and zero-filling faults leave the host's
-    tokens behind the guest's)."""
+    tokens behind the guest's). Returns how many frames changed."""
+    n = 0
     for k in range(pages.shape[0]):
         t, idx = leaf_entry(m, pid, pages[k])  # (frame_of's lookup, one call fewer per page)
         if t < 0 or (m.tables[t, idx] & PTE_PRESENT) == 0:
             continue
         f = entry_frame(m, m.tables[t, idx], pages[k])
-        if m.fi32[f, F_OWNER] == pid:
-            take_content(m, f, content[pages[k], G_TOKEN])
+        if m.fi32[f, F_OWNER] == pid and take_content(m, f, content[pages[k], G_TOKEN]):
+            n += 1
+    return n
+
+
+@kernel
+def settle_changed(
+    m: Machine, pid: int, pages: np.ndarray, content: np.ndarray, marks: np.ndarray
+) -> None:
+    """:func:`settle_tokens` for the frames whose bits are set in the host's change map
+    (``m.changed``, K_SYNC), which it clears.
+
+    Before a host pass every frame of ``pid`` holds its real page's content (the content
+    sync), and a frame's token changes, or the frame takes another page, only through a
+    write or :func:`~.native.set_token`, both of which set its bit. So only the frames
+    whose bits are set can differ from their pages' contents. Those that hold one of
+    ``pages`` and do differ are settled in the order of ``pages``, as by
+    :func:`settle_tokens`, so any swap slots given back are freed in the same order.
+    ``marks`` is two bitmaps over ``pid``'s pages (the pages of the pass, and those to
+    settle), all clear, and left so.
+    """
+    fi32, fi64, changed = m.fi32, m.fi64, m.changed
+    nframes, npages = fi32.shape[0], content.shape[0]
+    passed, due = marks[0], marks[1]
+    for k in range(pages.shape[0]):
+        set_bit(passed, pages[k])
+    n = 0
+    for word in range(changed.shape[0]):
+        bits = changed[word]
+        if bits == 0:
+            continue
+        changed[word] = 0
+        for b in range(64):
+            f = (word << 6) + b
+            if (bits >> b) & 1 == 0 or f >= nframes or fi32[f, F_OWNER] != pid:
+                continue
+            page = fi64[f, G_VPN]
+            if fi32[f, F_FLAGS] & FR_TABLE or not 0 <= page < npages:
+                continue
+            if (passed[page >> 6] >> (page & 63)) & 1 == 0:
+                continue
+            if fi64[f, G_TOKEN] != content[page, G_TOKEN]:
+                set_bit(due, page)
+                n += 1
+    for k in range(pages.shape[0]):
+        page = pages[k]
+        passed[page >> 6] = 0
+        if n == 0 or (due[page >> 6] >> (page & 63)) & 1 == 0:
+            continue
+        due[page >> 6] &= ~(np.int64(1) << (page & 63))
+        n -= 1
+        t, idx = leaf_entry(m, pid, page)
+        if t >= 0 and m.tables[t, idx] & PTE_PRESENT:
+            f = entry_frame(m, m.tables[t, idx], page)
+            if fi32[f, F_OWNER] == pid:
+                take_content(m, f, content[page, G_TOKEN])
 
 
 # violations the accounting check reports (first found), with the page or frame involved

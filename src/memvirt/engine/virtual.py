@@ -136,6 +136,8 @@ class VM:
         default_factory=lambda: np.zeros(WALK_CACHE_ENTRIES, dtype=np.int64)
     )
     walk_cache_clock: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    #: scratch bitmap over the real pages for the settling after a host pass (all clear)
+    settle_marks: np.ndarray = field(default_factory=lambda: np.zeros((2, 1), dtype=np.int64))
     walk_cache_hits: int = 0
     vm_exits: int = 0
     guest_refs: int = 0
@@ -205,6 +207,9 @@ class VirtualizedMachine:
         )
         self.host.cfg[K_RING] = 1
         self.host.ring = np.zeros((RING_CAPACITY, N_RING), dtype=np.int64)
+        # the host notes which frames' contents change, so that a pass settles only those
+        self.host.changed = np.zeros(-(-self.host.frames.fi32.shape[0] // 64), dtype=np.int64)
+        self.host.cfg[K_SYNC] = 1
         self.vms: list[VM] = []
         self.loop = EventLoop()
         self.total_accesses = 0
@@ -241,6 +246,7 @@ class VirtualizedMachine:
             # other VM's (and from the content model's classes, in bits 60-61)
             guest.st[S_TOKEN] = (k + 1) << 44
             vm = VM(vmc.name, k, vmc, host_pid, guest, vmc.memory // page)
+            vm.settle_marks = np.zeros((2, -(-vm.real_pages // 64)), dtype=np.int64)
             self.vms.append(vm)
             # the VM's processes share its vCPUs: process i runs on vCPU i mod vcpus
             queues: list[list[Any]] = [[] for _ in range(min(vmc.vcpus, len(plans[vmc.name])))]
@@ -405,7 +411,11 @@ class VirtualizedMachine:
         """After the host ran accesses of ``vm``: the pages it evicted to swap and the data
         pages it touched hold their real contents (its own writes and zero-filling faults
         leave tokens behind the guests'); the guests' translations of evicted pages are
-        shot down."""
+        shot down.
+
+        Only the data pages whose frames the run changed are looked up: the host notes
+        them in its change map (``reclaim.settle_changed``). In the check mode every data
+        page is looked at afterwards, and one the map missed is an error."""
         evicted = int(self.host.st[S_RING_N])
         host_m = self.host.machine  # anew: the run may have grown the table pool
         for other in self.vms if evicted else ():  # (most passes evict nothing)
@@ -414,7 +424,16 @@ class VirtualizedMachine:
                 reclaim.fix_all_swap_copies(host_m, other.host_pid, content)
             else:
                 reclaim.fix_swap_copies(host_m, self.host.ring, evicted, other.host_pid, content)
-        reclaim.settle_tokens(host_m, vm.host_pid, data_pages, vm.guest.frames.fi64)
+        content = vm.guest.frames.fi64
+        reclaim.settle_changed(host_m, vm.host_pid, data_pages, content, vm.settle_marks)
+        if self.check:  # the change map must have named every frame the pass changed
+            missed = int(reclaim.settle_tokens(host_m, vm.host_pid, data_pages, content))
+            if missed:
+                raise ContentError(
+                    f"VM {vm.name}: settling after a host pass missed {missed} frames whose "
+                    "contents the pass changed (their bits were not set in the host's "
+                    "change map)"
+                )
         self.shoot_down_evicted()
 
     def host_stall(self, hd: dict[str, int]) -> float:
