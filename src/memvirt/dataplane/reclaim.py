@@ -58,6 +58,8 @@ from .layout import (
     PTE_USER,
     PTE_WRITABLE,
     RING_FRAME,
+    RING_OWNER,
+    RING_VPN,
     RING_WRITTEN,
     RMAP_SHIFT,
     S_FREE_HEAD,
@@ -183,6 +185,18 @@ def grab_frame(m: Machine, pid: int) -> int:
     set_token(m, f, 0)
     m.proc[pid, P_RESIDENT] += 1
     return f
+
+
+@kernel
+def grab_frames(m: Machine, pid: int, n: int, out: np.ndarray) -> int:
+    """:func:`grab_frame` ``n`` times, or until no frame can be had; the frames go into
+    ``out``. Returns how many."""
+    for k in range(n):
+        f = grab_frame(m, pid)
+        if f < 0:
+            return k
+        out[k] = f
+    return n
 
 
 @kernel
@@ -513,15 +527,33 @@ def doubled_pages(m: Machine, pid: int, ring: np.ndarray, n: int, out: np.ndarra
     return k
 
 
+@inlined
+def shoot_down_frame(m: Machine, f: int) -> None:
+    """Invalidate the TLB entries that map the page in frame ``f``."""
+    q = m.fi32[f, F_OWNER]
+    flags = m.fi32[f, F_FLAGS]
+    if q >= 0 and (flags & FR_TABLE) == 0 and m.fi64[f, G_VPN] >= 0:
+        tlb_invalidate(m, q, m.fi64[f, G_VPN], (flags & FR_HUGE) != 0)
+
+
 @kernel
 def shoot_down(m: Machine, frames: np.ndarray) -> None:
     """Invalidate the TLB entries that map the pages in ``frames`` (a TLB shootdown)."""
     for k in range(frames.shape[0]):
-        f = frames[k]
-        q = m.fi32[f, F_OWNER]
-        flags = m.fi32[f, F_FLAGS]
-        if q >= 0 and (flags & FR_TABLE) == 0 and m.fi64[f, G_VPN] >= 0:
-            tlb_invalidate(m, q, m.fi64[f, G_VPN], (flags & FR_HUGE) != 0)
+        shoot_down_frame(m, frames[k])
+
+
+@kernel
+def shoot_down_ring(m: Machine, ring: np.ndarray, n: int, owner: int) -> int:
+    """:func:`shoot_down` for the frames of ``m`` that the first ``n`` evictions of a host's
+    ``ring`` took from ``owner`` (a VM whose guest memory ``m`` is: its real pages are the
+    guest's frames), in the ring's order. Returns how many."""
+    k = 0
+    for i in range(min(n, ring.shape[0])):
+        if ring[i, RING_OWNER] == owner:
+            shoot_down_frame(m, ring[i, RING_VPN])
+            k += 1
+    return k
 
 
 @kernel

@@ -475,12 +475,15 @@ class VirtualizedMachine:
                 native.tlb_flush_asid(other.guest.machine, -1)
                 other.walk_cache[:] = -1
             return
-        by_pid = {v.host_pid: v for v in self.vms}
-        ring = self.host.ring[:evicted]
-        for vm_pid in np.unique(ring[:, RING_OWNER]).tolist():
-            target = by_pid.get(vm_pid)
-            if target is not None:
-                self.shoot_down(target, ring[ring[:, RING_OWNER] == vm_pid, RING_VPN])
+        ring = self.host.ring
+        owners = set(ring[:evicted, RING_OWNER].tolist())
+        for target in self.vms:  # (in order of host pid)
+            if target.host_pid not in owners:
+                continue
+            reclaim.shoot_down_ring(target.guest.machine, ring, evicted, target.host_pid)
+            if self.walk_caches:
+                rows = ring[:evicted]
+                self.forget(target, rows[rows[:, RING_OWNER] == target.host_pid, RING_VPN])
 
     def _check_quantum(
         self, vm: VM, pid: int, vpns: np.ndarray, writes: np.ndarray, first_token: int

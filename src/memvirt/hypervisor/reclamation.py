@@ -657,11 +657,12 @@ class Reclaimer:
         for r, vm in zip(self.vms, self.machine.vms, strict=True):
             used = int(host.proc[vm.host_pid, P_COMP_BYTES])
             need = -(-used // self.page)
-            while len(r.cache_frames) < need:
-                f = reclaim.grab_frame(host.reserve_slots(1), self.machine.hypervisor_pid)
-                if f < 0:
-                    break
-                r.cache_frames.append(int(f))
+            more = need - len(r.cache_frames)
+            if more > 0:
+                got = np.empty(more, dtype=np.int64)
+                k = reclaim.grab_frames(host.reserve_slots(more), self.machine.hypervisor_pid,
+                                        more, got)  # fmt: skip
+                r.cache_frames.extend(got[:k].tolist())
             if len(r.cache_frames) > need:
                 extra = np.array(r.cache_frames[need:], dtype=np.int64)
                 del r.cache_frames[need:]

@@ -667,12 +667,10 @@ class Kernel:
         """Pin ``n`` frames to pseudo-process ``owner`` (memory the machine loses),
         evicting pages as a fault would when too few are free; returns how many could
         be had (fewer when nothing more can be evicted)."""
-        for k in range(n):
-            if reclaim.grab_frame(self.reserve_slots(1), owner) < 0:
-                self._set_quotas()
-                return k
+        got = np.empty(n, dtype=np.int64)
+        k = int(reclaim.grab_frames(self.reserve_slots(n), owner, n, got))
         self._set_quotas()
-        return n
+        return k
 
     def oom_kill(self, reason: str) -> int | None:
         """Kill the out-of-memory killer's victim (see :meth:`_oom_victim`) for ``reason``;
