@@ -174,7 +174,7 @@ def test_settling_from_the_host_map_is_the_whole_settling() -> None:
     assert by_map.host.changed.any()
     content = vm_map.guest.frames.fi64
     reclaim.settle_changed(by_map.host.machine, vm_map.host_pid, pages, content,
-                           vm_map.settle_marks)  # fmt: skip
+                           vm_map.settle_marks, vm_map.guest.changed)  # fmt: skip
     changed = reclaim.settle_tokens(whole.host.machine, vm_whole.host_pid, pages,
                                     vm_whole.guest.frames.fi64)  # fmt: skip
     assert changed > 0  # the pass left frames behind their pages' contents

@@ -667,8 +667,9 @@ def settle_tokens(m: Machine, pid: int, pages: np.ndarray, content: np.ndarray) 
 
 @kernel
 def settle_changed(
-    m: Machine, pid: int, pages: np.ndarray, content: np.ndarray, marks: np.ndarray
-) -> None:
+    m: Machine, pid: int, pages: np.ndarray, content: np.ndarray, marks: np.ndarray,
+    guest_changed: np.ndarray,
+) -> None:  # fmt: skip
     """:func:`settle_tokens` for the frames whose bits are set in the host's change map
     (``m.changed``, K_SYNC), which it clears.
 
@@ -678,8 +679,10 @@ def settle_changed(
     whose bits are set can differ from their pages' contents. Those that hold one of
     ``pages`` and do differ are settled in the order of ``pages``, as by
     :func:`settle_tokens`, so any swap slots given back are freed in the same order.
-    ``marks`` is two bitmaps over ``pid``'s pages (the pages of the pass, and those to
-    settle), all clear, and left so.
+    The others that differ (page-table pages the pass wrote) have their pages' bits set
+    in the guest's change map ``guest_changed``, for the next content sync. ``marks`` is
+    two bitmaps over ``pid``'s pages (the pages of the pass, and those to settle), all
+    clear, and left so.
     """
     fi32, fi64, changed = m.fi32, m.fi64, m.changed
     nframes, npages = fi32.shape[0], content.shape[0]
@@ -699,11 +702,13 @@ def settle_changed(
             page = fi64[f, G_VPN]
             if fi32[f, F_FLAGS] & FR_TABLE or not 0 <= page < npages:
                 continue
-            if (passed[page >> 6] >> (page & 63)) & 1 == 0:
+            if fi64[f, G_TOKEN] == content[page, G_TOKEN]:
                 continue
-            if fi64[f, G_TOKEN] != content[page, G_TOKEN]:
+            if (passed[page >> 6] >> (page & 63)) & 1:
                 set_bit(due, page)
                 n += 1
+            else:
+                set_bit(guest_changed, page)
     for k in range(pages.shape[0]):
         page = pages[k]
         passed[page >> 6] = 0

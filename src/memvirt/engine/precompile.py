@@ -92,7 +92,7 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
         (reclaim.sync_contents, (host_m, pid, content)),
         (reclaim.mark_stale, (host_m, pid, pages, content, pages)),
         (reclaim.settle_tokens, (host_m, pid, pages, content)),
-        (reclaim.settle_changed, (host_m, pid, pages, content, vm.settle_marks)),
+        (reclaim.settle_changed, (host_m, pid, pages, content, vm.settle_marks, vm.guest.changed)),
         (reclaim.fix_swap_copies, (host_m, machine.host.ring, 0, pid, content)),
         (reclaim.fix_all_swap_copies, (host_m, pid, content)),
         (reclaim.shoot_down, (guest_m, pages)),

@@ -425,7 +425,8 @@ class VirtualizedMachine:
             else:
                 reclaim.fix_swap_copies(host_m, self.host.ring, evicted, other.host_pid, content)
         content = vm.guest.frames.fi64
-        reclaim.settle_changed(host_m, vm.host_pid, data_pages, content, vm.settle_marks)
+        reclaim.settle_changed(host_m, vm.host_pid, data_pages, content, vm.settle_marks,
+                               vm.guest.changed)  # fmt: skip
         if self.check:  # the change map must have named every frame the pass changed
             missed = int(reclaim.settle_tokens(host_m, vm.host_pid, data_pages, content))
             if missed:
@@ -690,11 +691,10 @@ class VirtualizedMachine:
         self.host.st[S_RING_N] = 0
         self.host.run(vm.host_pid, pages, writes, page_numbers=True)
         # the pass's own writes and faults leave frame tokens behind the guest's: the host
-        # copies (in frames, and in swap for pages the pass evicted) take the real contents
+        # copies of data pages (in frames, and in swap for pages the pass evicted) take the
+        # real contents; page-table pages it wrote get their bits in the guest's change
+        # map, for the next sync
         self._settle_pass(vm, np.ascontiguousarray(pages[kinds == 0]))
-        # the pass's writes to page-table pages leave host tokens behind the guest's: the
-        # next sync must visit them
-        native.mark_changed(vm.guest.changed, np.ascontiguousarray(pages[kinds != 0]))
         reclaimer.after_host_pass(vm, pages)
         return int(copies.size)
 
