@@ -59,10 +59,10 @@ def test_the_second_process_is_not_started_when_turned_off_or_when_the_cache_is_
 ) -> None:
     monkeypatch.setattr(precompile, "cached", lambda: False)
     monkeypatch.setenv(precompile.OFF, "1")
-    assert precompile.start() is None
+    assert precompile.start() is False
     monkeypatch.delenv(precompile.OFF)
     monkeypatch.setattr(precompile, "cached", lambda: True)
-    assert precompile.start() is None
+    assert precompile.start() is False
 
 
 def test_the_second_process_is_started_once_and_one_at_a_time(
@@ -72,20 +72,57 @@ def test_the_second_process_is_started_once_and_one_at_a_time(
     monkeypatch.delenv(precompile.OFF, raising=False)
     monkeypatch.setattr(precompile, "cached", lambda: False)
     monkeypatch.setattr(precompile, "lock_path", lambda: lock)
-    monkeypatch.setattr(precompile, "_helper", None)
     monkeypatch.setattr(precompile, "_started", False)
     launched: list[Any] = []
-    monkeypatch.setattr(precompile.subprocess, "Popen", lambda *a, **k: launched.append(a) or a)
-    assert precompile.start() is not None and lock.exists()
-    assert precompile.start() is None  # once per process
+
+    class Launcher:  # the launcher starts the second process and exits
+        def __init__(self, command: list[str], **_: Any) -> None:
+            launched.append(command)
+
+        def wait(self, timeout: float) -> int:
+            return 0
+
+    monkeypatch.setattr(precompile.subprocess, "Popen", Launcher)
+    assert precompile.start() is True and lock.exists()
+    assert launched[0][-2:] == ["-m", "memvirt.engine.precompile"]
+    assert precompile.start() is False  # once per process
     monkeypatch.setattr(precompile, "_started", False)
-    assert precompile.start() is None  # another process holds the lock
+    assert precompile.start() is False  # another process holds the lock
     assert len(launched) == 1
     # a lock left by a process that never finished is taken over after a while
     old = time.time() - precompile.STALE_LOCK - 1
     os.utime(lock, (old, old))
     monkeypatch.setattr(precompile, "_started", False)
-    assert precompile.start() is not None and len(launched) == 2
+    assert precompile.start() is True and len(launched) == 2
+
+
+def test_a_launcher_that_fails_gives_the_lock_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lock = tmp_path / "memvirt-precompile.lock"
+    monkeypatch.delenv(precompile.OFF, raising=False)
+    monkeypatch.setattr(precompile, "cached", lambda: False)
+    monkeypatch.setattr(precompile, "lock_path", lambda: lock)
+    monkeypatch.setattr(precompile, "_started", False)
+    monkeypatch.setattr(precompile, "_LAUNCH", "raise SystemExit(3)")
+    assert precompile.start() is False
+    assert not lock.exists()
+
+
+def test_the_launcher_starts_a_process_of_its_own_and_leaves_at_once(tmp_path: Path) -> None:
+    """The launcher exits while the process it started runs on, in a session of its own."""
+    marker = tmp_path / "done"
+    partial = tmp_path / "partial"
+    script = (f"import time, os; time.sleep(2); p = {str(partial)!r}; "
+              f"open(p, 'w').write(str(os.getsid(0))); os.replace(p, {str(marker)!r})")  # fmt: skip
+    launcher = subprocess.Popen([sys.executable, "-c", precompile._LAUNCH, sys.executable, "-c",
+                                 script])  # fmt: skip
+    assert launcher.wait(timeout=60) == 0
+    assert not marker.exists()  # the second process is still running
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert int(marker.read_text()) != os.getsid(0)
 
 
 def test_the_second_process_compiles_and_exits_cleanly() -> None:

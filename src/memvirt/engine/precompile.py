@@ -142,9 +142,16 @@ def small_machine() -> VirtualizedMachine:
 STALE_LOCK = 600.0
 
 _started = False  # this process launched one already
-#: The second process, kept for the life of this one: it is neither waited for nor killed
-#: (it stops by itself), and a Popen dropped while its process runs warns.
-_helper: subprocess.Popen[bytes] | None = None
+
+#: The launcher: a bare interpreter (no import of memvirt, so it starts in milliseconds) that
+#: starts the second process in a session of its own (Ctrl-C at the terminal is the run's,
+#: not its) and exits. This process waits for the launcher alone and keeps no handle on the
+#: second process: nothing to reap, and no "still running" warning when this one exits
+#: first. The second process stops by itself.
+_LAUNCH = (
+    "import subprocess, sys; d = subprocess.DEVNULL; "
+    "subprocess.Popen(sys.argv[1:], stdin=d, stdout=d, stderr=d, start_new_session=True)"
+)
 
 
 def _index() -> Path | None:
@@ -187,27 +194,29 @@ def _take_lock() -> bool:
     return True
 
 
-def start() -> subprocess.Popen[bytes] | None:
+def start() -> bool:
     """Launch the second process if the cache is cold, once per process and one at a time
-    (it holds a lock beside the cache), unless turned off."""
-    global _started, _helper
+    (it holds a lock beside the cache), unless turned off; whether it was launched."""
+    global _started
     if _started or os.environ.get(OFF) or cached():
-        return None
+        return False
     _started = True
     if not _take_lock():
-        return None
+        return False
+    command = [sys.executable, "-c", _LAUNCH, sys.executable, "-m", "memvirt.engine.precompile"]
     try:
-        _helper = subprocess.Popen(
-            [sys.executable, "-m", "memvirt.engine.precompile"],
+        launcher = subprocess.Popen(
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C at the terminal is the run's, not its
         )
-    except OSError:
+        launched = launcher.wait(timeout=60) == 0
+    except (OSError, subprocess.TimeoutExpired):
+        launched = False
+    if not launched:
         _release_lock()
-        return None
-    return _helper
+    return launched
 
 
 def _release_lock() -> None:
