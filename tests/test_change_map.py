@@ -129,7 +129,8 @@ def test_a_page_the_host_swapped_keeps_its_bit_until_the_host_takes_it_again() -
     writes = np.array([0, 1], dtype=np.int64)
     looked = writes.copy()
     reclaim.mark_stale(host_m, vm.host_pid, pages, vm.guest.frames.fi64, looked)
-    assert reclaim.mark_stale_changed(pages, writes, vm.guest.changed) == 1
+    kinds = np.zeros(2, dtype=np.int32)  # both data pages
+    assert reclaim.mark_stale_changed(pages, kinds, writes, vm.guest.changed) == 1
     assert writes.tolist() == looked.tolist() == [1, 1]
     # the host takes the page again (a fault, then the settling of the pass): the next
     # sync finds its copy current and clears the bit

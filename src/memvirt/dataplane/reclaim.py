@@ -497,14 +497,41 @@ def prefetch_pages(m: Machine, pid: int, pages: np.ndarray) -> None:
 
 
 @kernel
-def mark_stale_changed(pages: np.ndarray, writes: np.ndarray, changed: np.ndarray) -> int:
-    """:func:`mark_stale` after :func:`sync_changed`: the accesses to ``pages`` whose bits
-    are still set in the change map (their host copies differ from their contents) are
-    marked as writes, without a walk of the host table. Returns how many were marked."""
+def split_record(
+    record: np.ndarray, n: int, pages: np.ndarray, writes: np.ndarray, data_pages: np.ndarray,
+    written: np.ndarray,
+) -> tuple[int, int]:  # fmt: skip
+    """The first ``n`` entries of a guest's walk record (its rows: the real page, 1 for a
+    write, the kind: 0 for a data page) as the host pass takes them: each page into
+    ``pages`` and whether it is written into ``writes``; the data pages, and the pages
+    written, in order into ``data_pages`` and ``written``. Returns how many of each."""
+    n_data = 0
+    n_written = 0
+    for i in range(n):
+        page = record[0, i]
+        pages[i] = page
+        writes[i] = record[1, i]
+        if record[1, i] != 0:
+            written[n_written] = page
+            n_written += 1
+        if record[2, i] == 0:
+            data_pages[n_data] = page
+            n_data += 1
+    return n_data, n_written
+
+
+@kernel
+def mark_stale_changed(
+    pages: np.ndarray, kinds: np.ndarray, writes: np.ndarray, changed: np.ndarray
+) -> int:
+    """:func:`mark_stale` after :func:`sync_changed`: the accesses to data pages (those of
+    ``pages`` of kind 0) whose bits are still set in the change map (their host copies
+    differ from their contents) are marked as writes, without a walk of the host table.
+    Returns how many were marked."""
     marked = 0
     for k in range(pages.shape[0]):
         page = pages[k]
-        if writes[k] == 0 and (changed[page >> 6] >> (page & 63)) & 1:
+        if kinds[k] == 0 and writes[k] == 0 and (changed[page >> 6] >> (page & 63)) & 1:
             writes[k] = 1
             marked += 1
     return marked

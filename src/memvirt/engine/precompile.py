@@ -87,7 +87,11 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
     return [
         (reclaim.sync_changed, (host_m, pid, content, vm.guest.changed)),
         (native.mark_changed, (vm.guest.changed, pages)),
-        (reclaim.mark_stale_changed, (pages, pages, vm.guest.changed)),
+        (reclaim.split_record, (vm.guest.record, 0, pages, np.zeros(1, np.uint8), pages, pages)),
+        (
+            reclaim.mark_stale_changed,
+            (pages, vm.guest.record[2, :0], np.zeros(1, np.uint8), vm.guest.changed),
+        ),
         (reclaim.prefetch_pages, (host_m, pid, pages)),
         (reclaim.sync_contents, (host_m, pid, content)),
         (reclaim.mark_stale, (host_m, pid, pages, content, pages)),

@@ -646,29 +646,30 @@ class VirtualizedMachine:
         reclaimer = self.reclaimer
         host_m = self.host.machine
         content = vm.guest.frames.fi64
-        record = vm.guest.record[:, :n].astype(np.int64)
-        pages, writes, kinds = record[0], record[1], record[2]
-        copies = reclaimer.before_host_pass(vm, pages[writes != 0])
+        record = vm.guest.record
+        kinds = record[2, :n]
+        pages, writes = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8)
+        data_pages, written = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        n_data, n_written = reclaim.split_record(record, n, pages, writes, data_pages, written)
+        data_pages = data_pages[:n_data]
+        copies = reclaimer.before_host_pass(vm, written[:n_written])
         # the guest wrote pages through its TLB, unseen by the host (as by the hardware,
         # which sets the host entry's dirty bit): the host frames take the new contents
         self.sync_contents(vm)
-        data = kinds == 0
-        data_pages, data_writes = pages[data], writes[data]
         # walked data pages the host does not hold as the guest does: writes too (the sync
         # left their bits set in the change map)
         if self.check:  # the map must name the pages a look at every host copy finds
-            expected = data_writes.copy()
+            expected = writes[kinds == 0]
             reclaim.mark_stale(host_m, vm.host_pid, data_pages, content, expected)
-        reclaim.mark_stale_changed(data_pages, data_writes, vm.guest.changed)
-        if self.check and not np.array_equal(expected, data_writes):
-            wrong = data_pages[expected != data_writes]
+        reclaim.mark_stale_changed(pages, kinds, writes, vm.guest.changed)
+        if self.check and not np.array_equal(expected, writes[kinds == 0]):
+            wrong = data_pages[expected != writes[kinds == 0]]
             raise ContentError(
                 f"VM {vm.name}: {wrong.size} real pages (real page {int(wrong[0])} first) "
                 "are stale by a look at their host copies but not by the guest's change map, "
                 "or the other way round: a host copy differs from the guest's content",
                 PageRef(vm=vm.name, real_page=int(wrong[0])),
             )
-        writes[data] = data_writes
         reclaim.prefetch_pages(host_m, vm.host_pid, data_pages)
         doubled = reclaimer.double_paging(vm)
         if self.walk_caches and pages.size:
@@ -678,14 +679,14 @@ class VirtualizedMachine:
             )
             vm.walk_cache_hits += pages.size - kept
             chosen = keep.astype(bool)
-            pages, writes, kinds = pages[chosen], writes[chosen], kinds[chosen]
+            pages, writes = pages[chosen], writes[chosen]  # (data pages are always kept)
         extra = np.concatenate([doubled, copies])
         if extra.size:
             pages = np.concatenate([extra, pages])
             writes = np.concatenate(
-                [np.zeros(doubled.size, np.int64), np.ones(copies.size, np.int64), writes]
+                [np.zeros(doubled.size, np.uint8), np.ones(copies.size, np.uint8), writes]
             )
-            kinds = np.concatenate([np.zeros(extra.size, np.int64), kinds])
+            data_pages = np.concatenate([extra, data_pages])
         if pages.size == 0:
             return int(copies.size)
         self.host.st[S_RING_N] = 0
@@ -694,7 +695,7 @@ class VirtualizedMachine:
         # copies of data pages (in frames, and in swap for pages the pass evicted) take the
         # real contents; page-table pages it wrote get their bits in the guest's change
         # map, for the next sync
-        self._settle_pass(vm, np.ascontiguousarray(pages[kinds == 0]))
+        self._settle_pass(vm, data_pages)
         reclaimer.after_host_pass(vm, pages)
         return int(copies.size)
 
