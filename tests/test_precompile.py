@@ -65,14 +65,21 @@ def test_the_second_process_is_not_started_when_turned_off_or_when_the_cache_is_
     assert precompile.start() is False
 
 
-def test_the_second_process_is_started_once_and_one_at_a_time(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def cold(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A cold cache, the second process not turned off nor launched yet: its lock's path."""
     lock = tmp_path / "memvirt-precompile.lock"
     monkeypatch.delenv(precompile.OFF, raising=False)
     monkeypatch.setattr(precompile, "cached", lambda: False)
     monkeypatch.setattr(precompile, "lock_path", lambda: lock)
     monkeypatch.setattr(precompile, "_started", False)
+    return lock
+
+
+def test_the_second_process_is_started_once_and_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, cold: Path
+) -> None:
+    lock = cold
     launched: list[Any] = []
 
     class Launcher:  # the launcher starts the second process and exits
@@ -97,16 +104,11 @@ def test_the_second_process_is_started_once_and_one_at_a_time(
 
 
 def test_a_launcher_that_fails_gives_the_lock_back(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, cold: Path
 ) -> None:
-    lock = tmp_path / "memvirt-precompile.lock"
-    monkeypatch.delenv(precompile.OFF, raising=False)
-    monkeypatch.setattr(precompile, "cached", lambda: False)
-    monkeypatch.setattr(precompile, "lock_path", lambda: lock)
-    monkeypatch.setattr(precompile, "_started", False)
     monkeypatch.setattr(precompile, "_LAUNCH", "raise SystemExit(3)")
     assert precompile.start() is False
-    assert not lock.exists()
+    assert not cold.exists()
 
 
 def test_the_launcher_starts_a_process_of_its_own_and_leaves_at_once(tmp_path: Path) -> None:
