@@ -128,14 +128,16 @@ def native_scenario(host_gib: float, *, overcommit: float = 1.0, seed: int = 1) 
 
 def state_bytes(machine: NativeMachine | VirtualizedMachine) -> tuple[int, int, int]:
     """Bytes of the arrays that hold the simulated machine, those of the swap devices,
-    and the simulated pages they describe (host frames plus the VMs' real pages)."""
+    and the simulated pages they describe (host frames plus the VMs' real pages). The
+    kernels' arrays, and each VM's marks for the settling after a host pass."""
+    total = swap = 0
     if isinstance(machine, VirtualizedMachine):
         kernels = [machine.host, *(vm.guest for vm in machine.vms)]
         pages = machine.host.config.frames + sum(vm.real_pages for vm in machine.vms)
+        total += sum(vm.settle_marks.nbytes for vm in machine.vms)
     else:
         kernels = [machine.kernel]
         pages = machine.kernel.config.frames
-    total = swap = 0
     for kernel in kernels:
         state = kernel.machine
         total += sum(a.nbytes for a in state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,22 +24,10 @@ from memvirt.dataplane import native
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VirtualizedMachine
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two-level-nested.toml"
-
-
-SWAP_FIELDS = ("swap_token", "swap_owner", "swap_free", "swap_csize")
-
-
-def state_bytes(machine: VirtualizedMachine) -> tuple[int, int]:
-    """Bytes of the arrays that hold the simulated machine (host and guests): all of
-    them, and those of the swap devices alone."""
-    total = swap = 0
-    for kernel in [machine.host, *(vm.guest for vm in machine.vms)]:
-        state = kernel.machine
-        total += sum(a.nbytes for a in state)
-        swap += sum(getattr(state, name).nbytes for name in SWAP_FIELDS)
-    return total, swap
-
+HERE = Path(__file__).resolve().parent
+EXAMPLE = HERE.parent / "examples" / "two-level-nested.toml"
+sys.path.insert(0, str(HERE))
+from bench_scale import state_bytes  # noqa: E402  (a sibling script, not a package)
 
 RUN_BATCH = native.run_batch
 PARTS = ("guest run_batch", "host run_batch", "content sync", "settling", "host pass, the rest",
@@ -111,7 +100,6 @@ def main() -> None:
         if args.parts:
             parts.append([1e9 * p / machine.total_accesses for p in split(spent, seconds)])
     native.run_batch = RUN_BATCH
-    pages = machine.host.config.frames + sum(vm.real_pages for vm in machine.vms)
     host = machine.host.counters()
     print(f"{args.paging} paging, {args.accesses:,} accesses, 2 VMs, overcommit 1.5x")
     print(f"accesses/s (median of {args.repeat}): {statistics.median(rates) / 1e6:.2f} M"
@@ -120,7 +108,7 @@ def main() -> None:
     for k, name in enumerate(PARTS if parts else ()):
         ns = statistics.median(p[k] for p in parts)
         print(f"  {name:22s} {ns:6.1f} ns per access")
-    total, swap = state_bytes(machine)
+    total, swap, pages = state_bytes(machine)
     print(f"state: {total / pages:.1f} bytes per simulated page, {swap / pages:.1f} of them "
           f"the swap devices' slots ({pages:,} pages: host frames + VM real pages)")  # fmt: skip
 
