@@ -1,12 +1,15 @@
-"""Two shortcuts of the per-access loop change no result: the walk memo and the TLB fill
-way found by the probe.
+"""Three shortcuts of the per-access loop change no result: the walk memo, the path memo
+and the TLB fill way found by the probe.
 
 - Without a TLB (the hypervisor's pass over the guests' walks), ``run_batch`` keeps a memo
   of the pages it walked in the batch: a read of one of them, with no eviction of it
   since, is counted as a walk (its references) without reading the table again. A
-  kernel that records its walks (a guest under a hypervisor) never uses the memo, so the
-  same accesses run on a recording kernel are the reference: every array of the two
-  machines must end equal.
+  kernel that records its walks (a guest under a hypervisor) never uses it.
+- Every kernel keeps a memo of the paths to the leaf tables it walked in the batch (the
+  upper entries do not change within a batch): a walk under a known leaf table starts
+  there, with the same references counted and the same table pages recorded.
+  ``K_NO_PATH_MEMO`` turns it off. So a recording kernel without the path memo is the
+  reference: every array of two machines that ran the same accesses must end equal.
 - On a TLB miss, the probe of a level's set also finds the way :func:`tlb_fill` would
   take in it, and the fill uses that way when nothing came between (no fault, no huge
   page). The way must be the one ``tlb_fill`` picks, for any state of the set.
@@ -19,28 +22,42 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memvirt.dataplane import native
-from memvirt.dataplane.layout import K_RECORD, MEMO_SLOTS, S_REC_N, S_TLB_CLOCK
+from memvirt.dataplane.layout import (
+    K_NO_PATH_MEMO,
+    K_RECORD,
+    MEMO_REFS,
+    MEMO_SLOTS,
+    S_REC_N,
+    S_TLB_CLOCK,
+)
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
+from memvirt.mmu.tlb import TLBConfig
 from memvirt.units import KiB, PageGeometry
 
 PAGE = 4 * KiB
 
 
-def _pair(frames: int, policy: str, huge_pages: int = 0) -> tuple[Kernel, Kernel]:
-    """Two identical kernels without a TLB: the second records its walks (no memo)."""
+def _pair(
+    frames: int, policy: str, huge_pages: int = 0, tlb: TLBConfig | None = None,
+    record: bool = False, levels: int = 4,
+) -> tuple[Kernel, Kernel]:  # fmt: skip
+    """Two identical kernels: the second without the path memo and recording its walks (so
+    without the walk memo either); the first records its walks only if ``record``."""
     kernels = []
     for _ in range(2):
         k = Kernel(
             KernelConfig(
-                frames=frames, tlb=None, policy=policy, swap_slots=256,
-                huge_pages=huge_pages, geometry=PageGeometry.x86_64(levels=4),
+                frames=frames, tlb=tlb, policy=policy, swap_slots=256,
+                huge_pages=huge_pages, geometry=PageGeometry.x86_64(levels=levels),
             )
         )  # fmt: skip
         kernels.append(k)
-    reference = kernels[1]
-    reference.cfg[K_RECORD] = 1
-    reference.record = np.zeros((3, 1 << 16), dtype=np.int32)
-    return kernels[0], reference
+    memo, reference = kernels
+    for k in (reference, memo) if record else (reference,):
+        k.cfg[K_RECORD] = 1
+        k.record = np.zeros((3, 1 << 16), dtype=np.int32)
+    reference.cfg[K_NO_PATH_MEMO] = 1
+    return memo, reference
 
 
 def _same_state(a: Kernel, b: Kernel) -> None:
@@ -54,7 +71,7 @@ def _same_state(a: Kernel, b: Kernel) -> None:
             x[S_REC_N] = y[S_REC_N] = 0
         if name == "cfg":
             x, y = x.copy(), y.copy()
-            x[K_RECORD] = y[K_RECORD] = 0
+            x[K_RECORD] = y[K_RECORD] = x[K_NO_PATH_MEMO] = y[K_NO_PATH_MEMO] = 0
         assert np.array_equal(x, y), name
 
 
@@ -101,7 +118,7 @@ def test_a_read_of_a_walked_page_is_counted_from_the_memo() -> None:
     vpn = 0x100000 // PAGE + 5
     k.run(pid, np.array([vpn, vpn, vpn], dtype=np.int64), None, page_numbers=True)
     frame = k.walk(pid, vpn * PAGE).pfn
-    assert list(k.memo[vpn % MEMO_SLOTS]) == [vpn, frame, 4]
+    assert list(k.memo[vpn % MEMO_SLOTS, : MEMO_REFS + 1]) == [vpn, frame, 4]
     assert k.counters(pid)["walks"] == 3
     # the first walk met an empty root entry (one reference); the next two read 4 each
     assert k.counters(pid)["walk_memory_references"] == 1 + 4 + 4
@@ -117,6 +134,51 @@ def test_an_evicted_page_is_not_read_from_the_memo() -> None:
         pid = k.spawn([Region(a * PAGE, 3 * PAGE)])
         k.run(pid, vpns, None, page_numbers=True)
         assert k.counters(pid)["faults"] == 4
+    _same_state(memo, reference)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pages=st.lists(st.integers(0, 3000), min_size=1, max_size=400),
+    write_bits=st.lists(st.booleans(), min_size=400, max_size=400),
+    frames=st.integers(12, 64),
+    policy=st.sampled_from(["lru", "fifo", "clock", "random-frame"]),
+    levels=st.integers(2, 5),
+    tlb=st.booleans(),
+)
+def test_the_path_memo_changes_nothing(
+    pages: list[int], write_bits: list[bool], frames: int, policy: str, levels: int, tlb: bool
+) -> None:
+    """Random accesses over a few leaf tables (new tables made within the batch, evictions,
+    writes), behind a TLB or not, at every depth of table: a recording kernel with the path
+    memo leaves the same state and records the same walks as one without it."""
+    memo, reference = _pair(frames, policy, tlb=TLBConfig() if tlb else None, record=True,
+                            levels=levels)  # fmt: skip
+    base = 1 << 12  # within the 2^18 pages of a 2-level table
+    vpns = np.array([base + p for p in pages], dtype=np.int64)
+    writes = np.array(write_bits[: len(pages)], dtype=np.uint8)
+    for k in (memo, reference):
+        pid = k.spawn([Region(base * PAGE, 3001 * PAGE)])
+        k.run(pid, vpns, writes, page_numbers=True)
+    n = int(reference.st[S_REC_N])
+    assert n > 0 and int(memo.st[S_REC_N]) == n
+    assert np.array_equal(memo.record[:, :n], reference.record[:, :n])
+    _same_state(memo, reference)
+
+
+def test_the_path_memo_with_huge_pages() -> None:
+    """A huge page's walk stops above the leaf level: its path is not noted, and base pages
+    beside it are walked as before."""
+    memo, reference = _pair(4096, "lru", huge_pages=4, tlb=TLBConfig(), record=True)
+    span = 512
+    base = 1 << 20
+    vpns = np.array([0, 1, span, span + 1, 0, span + 2, 2 * span, 1], dtype=np.int64) + base
+    for k in (memo, reference):
+        pid = k.spawn([Region(base * PAGE, span * PAGE, huge=True),
+                       Region((base + span) * PAGE, 2 * span * PAGE)])  # fmt: skip
+        k.run(pid, vpns, None, page_numbers=True)
+    n = int(reference.st[S_REC_N])
+    assert np.array_equal(memo.record[:, :n], reference.record[:, :n])
     _same_state(memo, reference)
 
 

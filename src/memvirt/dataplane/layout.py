@@ -162,7 +162,8 @@ K_COW = 18
 # 1: a guest under a hypervisor: a frame whose content changes gets its bit in the change
 # map set, so that the hypervisor's content sync visits only the frames whose bits are set
 K_SYNC = 19
-N_CFG = 20
+K_NO_PATH_MEMO = 20  # 1: run_batch walks every level every time (to check the path memo)
+N_CFG = 21
 
 # eviction ring columns
 RING_OWNER = 0
@@ -177,6 +178,17 @@ N_RING = 4
 # of its page number: with 64 slots the data pages kept pushing the leaf tables out (the
 # host's run_batch took 11% longer on examples/two-level-nested.toml than with 1,024)
 MEMO_SLOTS = 1024
+# its columns: the walk memo (a page's last walk), then the path memo (a leaf table's path):
+# the prefix above the leaf level, the leaf table's index, and the frames of the table pages
+# above it, root first (MAX_LEVELS - 1 of them at most)
+MEMO_PAGE = 0
+MEMO_FRAME = 1
+MEMO_REFS = 2
+MEMO_PREFIX = 3
+MEMO_LEAF = 4
+MEMO_PATH = 5
+MAX_LEVELS = 5
+MEMO_COLS = MEMO_PATH + MAX_LEVELS - 1
 
 # policy codes
 POLICY_FIFO = 0

@@ -67,6 +67,7 @@ from .layout import (
     K_HUGE_SHIFT,
     K_LEVELS,
     K_LOCAL,
+    K_NO_PATH_MEMO,
     K_POLICY,
     K_RECORD,
     K_RING,
@@ -82,6 +83,12 @@ from .layout import (
     L_HEAD,
     L_SIZE,
     L_TAIL,
+    MEMO_FRAME,
+    MEMO_LEAF,
+    MEMO_PAGE,
+    MEMO_PATH,
+    MEMO_PREFIX,
+    MEMO_REFS,
     MEMO_SLOTS,
     NEVER,
     P_ALIVE,
@@ -733,7 +740,7 @@ def _evict_frame(m: Machine, lid: int, f: int) -> bool:
         m.proc[q, P_SWAPPED] += 1
     else:
         m.tables[t, idx] = 0
-    m.memo[vpn & (MEMO_SLOTS - 1), 0] = -1  # a batch's memo of this walk is stale now
+    m.memo[vpn & (MEMO_SLOTS - 1), MEMO_PAGE] = -1  # a batch's memo of this walk is stale now
     m.pctr[q, C_EVICTIONS] += 1
     if m.cfg[K_RING] != 0:  # tell the layer above which page left (a TLB shootdown)
         n = m.st[S_RING_N]
@@ -1023,8 +1030,15 @@ def run_batch(
     # eviction changes a walked page's entries within a batch, and it forgets the page.
     memo = m.memo
     use_memo = tlb_levels == 0 and not recording
-    if use_memo:
-        memo[:, 0] = -1
+    memo[:, MEMO_PAGE] = -1
+    # The path memo: a walk reads the same upper entries for every page under one leaf
+    # table, and those entries do not change within a batch (a fault only fills empty
+    # ones, and table pages are pinned), so a walk that reached a leaf table notes its
+    # path, by the prefix above the leaf level, and a later walk under the same leaf table
+    # starts there: the same entries read and counted, the same table pages recorded.
+    memo[:, MEMO_PREFIX] = -1
+    leaf_shift = shifts[levels - 2]
+    use_paths = m.cfg[K_NO_PATH_MEMO] == 0
     for i in range(start, end):
         if recording and rec_n + levels + 1 > record.shape[1]:
             stop, reason = i, STOP_RECORD_FULL
@@ -1063,10 +1077,10 @@ def run_batch(
         loaded = False
         faulted = False
         memo_slot = vpn & (MEMO_SLOTS - 1)
-        if use_memo and not w and memo[memo_slot, 0] == vpn:
-            pfn = memo[memo_slot, 1]
+        if use_memo and not w and memo[memo_slot, MEMO_PAGE] == vpn:
+            pfn = memo[memo_slot, MEMO_FRAME]
             walks += 1
-            refs += memo[memo_slot, 2]
+            refs += memo[memo_slot, MEMO_REFS]
         elif val >= 0:
             pfn = val >> TV_SHIFT
             if val & TV_HUGE:
@@ -1089,6 +1103,18 @@ def run_batch(
             idx = 0
             lvl = 0
             n_refs = 0
+            prefix = vpn >> leaf_shift
+            path_slot = prefix & (MEMO_SLOTS - 1)
+            known_path = use_paths and memo[path_slot, MEMO_PREFIX] == prefix
+            if known_path:  # the upper levels, as this batch read them last
+                lvl = levels - 1
+                n_refs = levels - 1
+                t = memo[path_slot, MEMO_LEAF]
+                if recording:
+                    for k in range(n_refs):
+                        record[0, rec_n + k] = memo[path_slot, MEMO_PATH + k]
+                        record[1, rec_n + k] = 0
+                        record[2, rec_n + k] = 1
             while True:
                 idx = (vpn >> shifts[lvl]) & masks[lvl]
                 e = tables[t, idx]
@@ -1101,6 +1127,12 @@ def run_batch(
                     break
                 t = fi64[e >> PTE_SHIFT, G_VPN]  # the next level's table page
                 lvl += 1
+            if use_paths and lvl == levels - 1 and not known_path:  # reached a leaf table
+                memo[path_slot, MEMO_PREFIX] = prefix
+                memo[path_slot, MEMO_LEAF] = t
+                if recording:
+                    for k in range(levels - 1):
+                        memo[path_slot, MEMO_PATH + k] = record[0, rec_n + k]
             if e & PTE_PRESENT:
                 if w and (e & PTE_WRITABLE) == 0:
                     stop, reason = i, segfault(m, vpn, SEGV_READ_ONLY)
@@ -1117,9 +1149,9 @@ def run_batch(
                 tv |= TV_DIRTY if (w or (e & PTE_DIRTY)) else 0
                 tv |= TV_HUGE if huge else 0
                 if use_memo:
-                    memo[memo_slot, 0] = vpn
-                    memo[memo_slot, 1] = pfn
-                    memo[memo_slot, 2] = n_refs
+                    memo[memo_slot, MEMO_PAGE] = vpn
+                    memo[memo_slot, MEMO_FRAME] = pfn
+                    memo[memo_slot, MEMO_REFS] = n_refs
             else:
                 faulted = True
                 pfn, tv, why = page_fault(m, pid, vpn, w, t, idx, lvl)

@@ -41,4 +41,4 @@ class Machine(NamedTuple):
     watch: np.ndarray  # int64[words] bit f % 64 of word f // 64: frame f's changes are noted
     watch_log: np.ndarray  # int64[cap] frames noted (K_COW), S_COW_N of them
     changed: np.ndarray  # int64[words] bit f % 64 of word f // 64: f changed content (K_SYNC)
-    memo: np.ndarray  # int64[MEMO_SLOTS, 3] (page, frame, references) of walks a batch made
+    memo: np.ndarray  # int64[MEMO_SLOTS, MEMO_COLS]: walks a batch made (layout.MEMO_*)

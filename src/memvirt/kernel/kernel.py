@@ -83,6 +83,7 @@ from memvirt.dataplane.layout import (
     L_HEAD,
     L_SIZE,
     MAX_TABLE_PAGES,
+    MEMO_COLS,
     MEMO_SLOTS,
     N_CFG,
     N_LIST,
@@ -407,8 +408,9 @@ class Kernel:
         self.watch_log = np.zeros(1, dtype=np.int64)
         #: the change map (K_SYNC): frames whose contents changed since the hypervisor's sync
         self.changed = np.zeros(1, dtype=np.int64)
-        #: run_batch's memo of the walks it made (no TLB): scratch, emptied by every batch
-        self.memo = np.full((MEMO_SLOTS, 3), -1, dtype=np.int64)
+        #: run_batch's memo of the walks it made (pages, without a TLB; and leaf tables'
+        #: paths): scratch, emptied by every batch
+        self.memo = np.full((MEMO_SLOTS, MEMO_COLS), -1, dtype=np.int64)
 
     @property
     def machine(self) -> Machine:
