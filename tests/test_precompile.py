@@ -111,6 +111,28 @@ def test_a_launcher_that_fails_gives_the_lock_back(
     assert not cold.exists()
 
 
+def test_a_launcher_that_hangs_is_killed_and_gives_the_lock_back(
+    monkeypatch: pytest.MonkeyPatch, cold: Path
+) -> None:
+    killed: list[bool] = []
+
+    class Hanging:
+        def __init__(self, command: list[str], **_: Any) -> None:
+            pass
+
+        def wait(self, timeout: float | None = None) -> int:
+            if timeout is not None and not killed:
+                raise subprocess.TimeoutExpired("launcher", timeout)
+            return -9
+
+        def kill(self) -> None:
+            killed.append(True)
+
+    monkeypatch.setattr(precompile.subprocess, "Popen", Hanging)
+    assert precompile.start() is False
+    assert killed == [True] and not cold.exists()
+
+
 def test_the_launcher_starts_a_process_of_its_own_and_leaves_at_once(tmp_path: Path) -> None:
     """The launcher exits while the process it started runs on, in a session of its own."""
     marker = tmp_path / "done"

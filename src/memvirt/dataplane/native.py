@@ -803,11 +803,16 @@ def set_bit(words: np.ndarray, f: int) -> None:
     words[f >> 6] |= np.int64(1) << (f & 63)
 
 
-@kernel
-def mark_changed(changed: np.ndarray, frames: np.ndarray) -> None:
-    """Set the bits of ``frames`` in the change map ``changed``."""
-    for k in range(frames.shape[0]):
-        set_bit(changed, frames[k])
+@inlined
+def clear_bit(words: np.ndarray, f: int) -> None:
+    """Clear bit ``f`` of the bitmap ``words`` (:func:`set_bit`'s layout)."""
+    words[f >> 6] &= ~(np.int64(1) << (f & 63))
+
+
+@inlined
+def has_bit(words: np.ndarray, f: int) -> bool:
+    """Whether bit ``f`` of the bitmap ``words`` is set (:func:`set_bit`'s layout)."""
+    return (words[f >> 6] >> (f & 63)) & 1 != 0
 
 
 @kernel
@@ -848,7 +853,8 @@ def note_changes(m: Machine, frames: np.ndarray) -> None:
     """``frames``' contents were changed from Python: set their bits in the change map
     (K_SYNC), and note the watched ones (K_COW), as :func:`set_token` does."""
     if m.cfg[K_SYNC] != 0:
-        mark_changed(m.changed, frames)
+        for k in range(frames.shape[0]):
+            set_bit(m.changed, frames[k])
     if m.cfg[K_COW] != 0:
         for k in range(frames.shape[0]):
             note_change(m.watch, m.watch_log, m.st, frames[k])
@@ -1030,15 +1036,17 @@ def run_batch(
     # eviction changes a walked page's entries within a batch, and it forgets the page.
     memo = m.memo
     use_memo = tlb_levels == 0 and not recording
-    memo[:, MEMO_PAGE] = -1
+    if use_memo:
+        memo[:, MEMO_PAGE] = -1
     # The path memo: a walk reads the same upper entries for every page under one leaf
     # table, and those entries do not change within a batch (a fault only fills empty
     # ones, and table pages are pinned), so a walk that reached a leaf table notes its
     # path, by the prefix above the leaf level, and a later walk under the same leaf table
     # starts there: the same entries read and counted, the same table pages recorded.
-    memo[:, MEMO_PREFIX] = -1
-    leaf_shift = shifts[levels - 2]
     use_paths = m.cfg[K_NO_PATH_MEMO] == 0
+    if use_paths:
+        memo[:, MEMO_PREFIX] = -1
+    leaf_shift = shifts[levels - 2]
     for i in range(start, end):
         if recording and rec_n + levels + 1 > record.shape[1]:
             stop, reason = i, STOP_RECORD_FULL

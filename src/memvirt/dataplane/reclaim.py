@@ -67,11 +67,13 @@ from .layout import (
     S_HUGE_TOP,
 )
 from .native import (
+    clear_bit,
     evict_called,
     evict_frame_called,
     free_frame,
     free_pop,
     free_slot,
+    has_bit,
     list_append,
     list_id,
     list_remove,
@@ -485,7 +487,7 @@ def sync_changed(m: Machine, pid: int, content: np.ndarray, changed: np.ndarray)
             # a shared frame (its sharing is checked apart), a swap slot, nowhere
             _, held = entry_copy(m, e, page)
             if held != content[page, G_TOKEN]:
-                changed[word] |= np.int64(1) << b  # stale until the host takes it again
+                set_bit(changed, page)  # stale until the host takes it again
     return n
 
 
@@ -544,7 +546,7 @@ def mark_stale_changed(
     marked = 0
     for k in range(pages.shape[0]):
         page = pages[k]
-        if kinds[k] == 0 and writes[k] == 0 and (changed[page >> 6] >> (page & 63)) & 1:
+        if kinds[k] == 0 and writes[k] == 0 and has_bit(changed, page):
             writes[k] = 1
             marked += 1
     return marked
@@ -744,7 +746,7 @@ def settle_changed(
                 continue
             if fi64[f, G_TOKEN] == content[page, G_TOKEN]:
                 continue
-            if (passed[page >> 6] >> (page & 63)) & 1:
+            if has_bit(passed, page):
                 set_bit(due, page)
                 n += 1
             else:
@@ -752,9 +754,9 @@ def settle_changed(
     for k in range(pages.shape[0]):
         page = pages[k]
         passed[page >> 6] = 0
-        if n == 0 or (due[page >> 6] >> (page & 63)) & 1 == 0:
+        if n == 0 or not has_bit(due, page):
             continue
-        due[page >> 6] &= ~(np.int64(1) << (page & 63))
+        clear_bit(due, page)
         n -= 1
         t, idx = leaf_entry(m, pid, page)
         if t >= 0 and m.tables[t, idx] & PTE_PRESENT:

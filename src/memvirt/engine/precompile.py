@@ -86,7 +86,6 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
                   tables.marks_for(r.real_pages), pages, pages)  # fmt: skip
     return [
         (reclaim.sync_changed, (host_m, pid, content, vm.guest.changed)),
-        (native.mark_changed, (vm.guest.changed, pages)),
         (reclaim.split_record, (vm.guest.record, 0, pages, np.zeros(1, np.uint8), pages, pages)),
         (
             reclaim.mark_stale_changed,
@@ -216,7 +215,11 @@ def start() -> bool:
             stderr=subprocess.DEVNULL,
         )
         launched = launcher.wait(timeout=60) == 0
-    except (OSError, subprocess.TimeoutExpired):
+    except OSError:
+        launched = False
+    except subprocess.TimeoutExpired:  # a launcher that hangs is not left running
+        launcher.kill()
+        launcher.wait()
         launched = False
     if not launched:
         _release_lock()
