@@ -380,10 +380,10 @@ class VirtualizedMachine:
 
         Only the real pages named in the guest's change map are visited: the guest
         sets a page's bit wherever its token changes (``native.set_token``, a write
-        in ``run_batch``, ``Kernel.set_tokens``), and the host pass sets the bits of
-        the page-table pages it wrote. In the check mode the whole VM is compared
-        afterwards, and a page the map missed is an error. Returns how many frames
-        changed.
+        in ``run_batch``, ``Kernel.set_tokens``), and the settling after a host pass
+        sets the bits of the page-table pages the pass wrote or filled. In the check
+        mode the whole VM is compared afterwards, and a page the map missed is an
+        error. Returns how many frames changed.
         """
         host_m, content = self.host.machine, vm.guest.frames.fi64
         changed = int(reclaim.sync_changed(host_m, vm.host_pid, content, vm.guest.changed))
@@ -659,11 +659,12 @@ class VirtualizedMachine:
         # walked data pages the host does not hold as the guest does: writes too (the sync
         # left their bits set in the change map)
         if self.check:  # the map must name the pages a look at every host copy finds
-            expected = writes[kinds == 0]
+            data = kinds == 0
+            expected = writes[data]
             reclaim.mark_stale(host_m, vm.host_pid, data_pages, content, expected)
         reclaim.mark_stale_changed(pages, kinds, writes, vm.guest.changed)
-        if self.check and not np.array_equal(expected, writes[kinds == 0]):
-            wrong = data_pages[expected != writes[kinds == 0]]
+        if self.check and not np.array_equal(expected, writes[data]):
+            wrong = data_pages[expected != writes[data]]
             raise ContentError(
                 f"VM {vm.name}: {wrong.size} real pages (real page {int(wrong[0])} first) "
                 "are stale by a look at their host copies but not by the guest's change map, "
