@@ -815,6 +815,22 @@ def has_bit(words: np.ndarray, f: int) -> bool:
     return (words[f >> 6] >> (f & 63)) & 1 != 0
 
 
+@inlined
+def next_bit(words: np.ndarray, f: int) -> int:
+    """The first bit set in the bitmap ``words`` at ``f`` or after (:func:`set_bit`'s
+    layout), or -1: a loop over a bitmap's set bits in order skips its empty words."""
+    word, b = f >> 6, f & 63
+    while word < words.shape[0]:
+        bits = words[word]
+        while bits != 0 and b < 64:
+            if (bits >> b) & 1:
+                return (word << 6) + b
+            b += 1
+        word += 1
+        b = 0
+    return -1
+
+
 @kernel
 def new_token(st: np.ndarray) -> int:
     """A content token no page has had before."""

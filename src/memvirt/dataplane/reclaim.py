@@ -77,6 +77,7 @@ from .native import (
     list_append,
     list_id,
     list_remove,
+    next_bit,
     rng_next,
     set_bit,
     set_token,
@@ -457,37 +458,27 @@ def sync_changed(m: Machine, pid: int, content: np.ndarray, changed: np.ndarray)
     leaf_shift, shift, mask = m.shifts[levels - 2], m.shifts[levels - 1], m.masks[levels - 1]
     known = -1  # pages come in order: the leaf table of the last prefix looked up
     known_t = -1
-    for word in range(changed.shape[0]):
-        bits = changed[word]
-        if bits == 0:
-            continue
-        changed[word] = 0
-        for b in range(64):
-            if (bits >> b) & 1 == 0:
-                continue
-            page = (word << 6) + b
-            if page >= npages:
-                break
-            if page >> leaf_shift == known:
-                t, idx = known_t, (page >> shift) & mask
-            else:
-                t, idx = leaf_table(m, pid, page)
-                if t >= 0 and idx < 0:  # a leaf table (not a huge page's entry)
-                    known, known_t = page >> leaf_shift, t
-                    idx = (page >> shift) & mask
-                elif t < 0:
-                    idx = -1
-            e = m.tables[t, idx] if t >= 0 else 0
-            if e & PTE_PRESENT:
-                f = entry_frame(m, e, page)
-                if fi32[f, F_OWNER] == pid:
-                    if take_content(m, f, content[page, G_TOKEN]):
-                        n += 1
-                    continue
+    page = next_bit(changed, 0)
+    while 0 <= page < npages:
+        clear_bit(changed, page)
+        if page >> leaf_shift == known:
+            t, idx = known_t, (page >> shift) & mask
+        else:
+            t, idx = leaf_table(m, pid, page)
+            if t >= 0 and idx < 0:  # a leaf table (not a huge page's entry)
+                known, known_t = page >> leaf_shift, t
+                idx = (page >> shift) & mask
+            elif t < 0:
+                idx = -1
+        e = m.tables[t, idx] if t >= 0 else 0
+        f = entry_frame(m, e, page) if e & PTE_PRESENT else -1
+        if f >= 0 and fi32[f, F_OWNER] == pid:
+            if take_content(m, f, content[page, G_TOKEN]):
+                n += 1
+        elif entry_copy(m, e, page)[1] != content[page, G_TOKEN]:
             # a shared frame (its sharing is checked apart), a swap slot, nowhere
-            _, held = entry_copy(m, e, page)
-            if held != content[page, G_TOKEN]:
-                set_bit(changed, page)  # stale until the host takes it again
+            set_bit(changed, page)  # stale until the host takes it again
+        page = next_bit(changed, page + 1)
     return n
 
 
@@ -732,25 +723,18 @@ def settle_changed(
     for k in range(pages.shape[0]):
         set_bit(passed, pages[k])
     n = 0
-    for word in range(changed.shape[0]):
-        bits = changed[word]
-        if bits == 0:
-            continue
-        changed[word] = 0
-        for b in range(64):
-            f = (word << 6) + b
-            if (bits >> b) & 1 == 0 or f >= nframes or fi32[f, F_OWNER] != pid:
-                continue
-            page = fi64[f, G_VPN]
-            if fi32[f, F_FLAGS] & FR_TABLE or not 0 <= page < npages:
-                continue
-            if fi64[f, G_TOKEN] == content[page, G_TOKEN]:
-                continue
+    f = next_bit(changed, 0)
+    while 0 <= f < nframes:
+        clear_bit(changed, f)
+        page = fi64[f, G_VPN]
+        ours = fi32[f, F_OWNER] == pid and fi32[f, F_FLAGS] & FR_TABLE == 0
+        if ours and 0 <= page < npages and fi64[f, G_TOKEN] != content[page, G_TOKEN]:
             if has_bit(passed, page):
                 set_bit(due, page)
                 n += 1
             else:
                 set_bit(guest_changed, page)
+        f = next_bit(changed, f + 1)
     for k in range(pages.shape[0]):
         page = pages[k]
         passed[page >> 6] = 0
