@@ -99,13 +99,13 @@ _njit: Any = numba.njit
 
 def kernel(fn: F) -> F:
     """Compile ``fn`` for the data plane."""
-    options: dict[str, Any] = {"cache": True, "_nrt": False}
+    options: dict[str, Any] = {"cache": True, "_nrt": False, "nogil": True}
     return cast(F, _njit(**options)(fn))
 
 
 def inlined(fn: F) -> F:
     """Compile ``fn`` for the data plane, inlined wherever it is called."""
-    options: dict[str, Any] = {"cache": True, "inline": "always", "_nrt": False}
+    options: dict[str, Any] = {"cache": True, "inline": "always", "_nrt": False, "nogil": True}
     return cast(F, _njit(**options)(fn))
 
 

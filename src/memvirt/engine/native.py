@@ -29,6 +29,7 @@ from memvirt.engine.history import PageRef, PageWatch
 from memvirt.engine.loop import EventLoop
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
 from memvirt.traces.model import Trace
+from memvirt.workloads.ahead import AheadStream
 from memvirt.workloads.synthetic import Stream, WorkloadSpec
 
 #: Version of the summary.json layout; bump on any incompatible change.
@@ -44,15 +45,21 @@ class AccessSource(Protocol):
 
 
 class WorkloadSource:
-    """A synthetic workload whose page 0 is the process's virtual page ``base_vpn``."""
+    """A synthetic workload whose page 0 is the process's virtual page ``base_vpn``.
 
-    def __init__(self, spec: WorkloadSpec, seed: int, base_vpn: int) -> None:
-        self.stream = Stream(spec, seed)
+    Its next quantum is drawn ahead, in a thread of its own, while the simulator runs this
+    one (:class:`~memvirt.workloads.ahead.AheadStream`; ``ahead=False`` draws each quantum
+    when it is taken). Either way the accesses are the same."""
+
+    def __init__(
+        self, spec: WorkloadSpec, seed: int, base_vpn: int, *, ahead: bool | None = None
+    ) -> None:
+        self.stream = AheadStream(Stream(spec, seed), ahead=ahead)
         self.base_vpn = base_vpn
 
     def take(self, n: int) -> Trace:
-        chunk = self.stream.take(n)
-        return Trace(chunk.addresses + self.base_vpn, chunk.writes, page_numbers=True)
+        pages, writes = self.stream.take(n)
+        return Trace(pages + self.base_vpn, writes, page_numbers=True)
 
 
 class TraceSource:

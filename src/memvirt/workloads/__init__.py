@@ -2,7 +2,9 @@
 
 :mod:`memvirt.workloads.synthetic` generates access streams (uniform, Zipf,
 scans, loops, hot/cold sets, strides, mixes and phases) as :class:`Trace`
-chunks of page numbers; :mod:`memvirt.workloads.contents` says what each page
+chunks of page numbers, and :mod:`memvirt.workloads.ahead` draws a stream's
+next accesses in a thread of their own while the simulator runs the ones
+before; :mod:`memvirt.workloads.contents` says what each page
 of a virtual machine holds (a 64-bit content token) and how well it
 compresses, for content-based page sharing and memory compression.
 """

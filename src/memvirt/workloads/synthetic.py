@@ -331,13 +331,13 @@ _S11 = np.uint64(11)
 _TWO_M53 = 1.0 / 9007199254740992.0  # 2**-53
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mulhi(r: np.uint64, n: np.uint64) -> np.uint64:
     """floor(r * n / 2**64) for n < 2**32, without 128-bit integers."""
     return ((r >> _S32) * n + (((r & _MASK32) * n) >> _S32)) >> _S32
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _uniform_pages(raw: np.ndarray, n: np.uint64, offset: np.int64, out: np.ndarray) -> None:
     """out[i] = offset + floor(raw[i] * n / 2**64), for n < 2**32."""
     for i in range(out.shape[0]):
@@ -351,7 +351,7 @@ def _uniform_pages(raw: np.ndarray, n: np.uint64, offset: np.int64, out: np.ndar
 _PREFETCH_DISTANCE = 64
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _alias_pages(
     raw: np.ndarray, n: np.uint64, table: np.ndarray, offset: np.int64, out: np.ndarray
 ) -> None:
@@ -371,7 +371,7 @@ def _alias_pages(
         out[i] = offset + np.int64(col if frac < (entry >> _S32) else (entry & _MASK32))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _build_alias(weights: np.ndarray, table: np.ndarray) -> None:
     """Vose's alias table for ``weights`` (not all zero): ``table[c]`` is
     ``threshold << 32 | alias``, column c giving c with probability ``threshold / 2**32``
@@ -417,7 +417,7 @@ def _build_alias(weights: np.ndarray, table: np.ndarray) -> None:
         table[s] = (_MASK32 << _S32) | np.uint64(s)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hotcold_pages(
     raw: np.ndarray, hot: np.int64, pages: np.int64, a: float, offset: np.int64, out: np.ndarray
 ) -> None:
@@ -438,7 +438,7 @@ def _hotcold_pages(
         out[i] = offset + k
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _choose(raw: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
     """out[i] = how many of the increasing ``bounds`` are at most raw[i] >> 11: the component
     of a mix that access i comes from."""
@@ -451,7 +451,7 @@ def _choose(raw: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
         out[i] = c
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _write_flags(
     raw: np.ndarray, skip_first_half: bool, threshold: np.uint64, out: np.ndarray
 ) -> None:
