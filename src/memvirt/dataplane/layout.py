@@ -172,6 +172,14 @@ RING_FRAME = 2
 RING_WRITTEN = 3  # 1 when the eviction stored a copy (to swap or the compression cache)
 N_RING = 4
 
+# a guest's walk record (Machine.record, int32): one entry per real page a walk read, the
+# page number with two flags above it, so real pages must stay below 2**29 (2 TiB of a VM's
+# real memory in 4 KiB pages)
+REC_TABLE = 1 << 29  # a page-table page (else the walk's data page)
+REC_WRITE = 1 << 30  # the walk wrote it (the dirty or accessed bit of an entry, or the data)
+REC_PAGE = REC_TABLE - 1  # the mask of the page number
+REC_PAGES = REC_TABLE  # real pages a VM may have
+
 # run_batch's walk memo (no TLB): slots, a power of two, indexed by page number mod MEMO_SLOTS.
 # A host pass reads the guests' upper page-table pages at every guest walk, their leaf table
 # pages (one per 512 pages touched) often, and data pages in between, each taking the slot

@@ -121,6 +121,9 @@ from .layout import (
     R_END,
     R_FLAGS,
     R_START,
+    REC_PAGE,
+    REC_TABLE,
+    REC_WRITE,
     REG_HUGE,
     REG_WRITABLE,
     RING_FRAME,
@@ -1064,7 +1067,7 @@ def run_batch(
         memo[:, MEMO_PREFIX] = -1
     leaf_shift = shifts[levels - 2]
     for i in range(start, end):
-        if recording and rec_n + levels + 1 > record.shape[1]:
+        if recording and rec_n + levels + 1 > record.shape[0]:
             stop, reason = i, STOP_RECORD_FULL
             break
         vpn = vpns[i]
@@ -1136,16 +1139,12 @@ def run_batch(
                 t = memo[path_slot, MEMO_LEAF]
                 if recording:
                     for k in range(n_refs):
-                        record[0, rec_n + k] = memo[path_slot, MEMO_PATH + k]
-                        record[1, rec_n + k] = 0
-                        record[2, rec_n + k] = 1
+                        record[rec_n + k] = memo[path_slot, MEMO_PATH + k] | REC_TABLE
             while True:
                 idx = (vpn >> shifts[lvl]) & masks[lvl]
                 e = tables[t, idx]
                 if recording:  # the table page read, for the hypervisor's pass
-                    record[0, rec_n + n_refs] = m.table_frame[t]
-                    record[1, rec_n + n_refs] = 0
-                    record[2, rec_n + n_refs] = 1
+                    record[rec_n + n_refs] = m.table_frame[t] | REC_TABLE
                 n_refs += 1
                 if (e & PTE_PRESENT) == 0 or lvl == levels - 1 or (e & PTE_HUGE) != 0:
                     break
@@ -1156,7 +1155,7 @@ def run_batch(
                 memo[path_slot, MEMO_LEAF] = t
                 if recording:
                     for k in range(levels - 1):
-                        memo[path_slot, MEMO_PATH + k] = record[0, rec_n + k]
+                        memo[path_slot, MEMO_PATH + k] = record[rec_n + k] & REC_PAGE
             if e & PTE_PRESENT:
                 if w and (e & PTE_WRITABLE) == 0:
                     stop, reason = i, segfault(m, vpn, SEGV_READ_ONLY)
@@ -1168,7 +1167,7 @@ def run_batch(
                 if updated != e:  # the walker writes the entry only when a bit changes
                     tables[t, idx] = updated
                     if recording:  # ...and so writes the leaf table page
-                        record[1, rec_n + n_refs - 1] = 1
+                        record[rec_n + n_refs - 1] |= REC_WRITE
                 tv = (base << TV_SHIFT) | (TV_WRITABLE if e & PTE_WRITABLE else 0)
                 tv |= TV_DIRTY if (w or (e & PTE_DIRTY)) else 0
                 tv |= TV_HUGE if huge else 0
@@ -1184,11 +1183,9 @@ def run_batch(
                     break
                 loaded = (tv & TV_HUGE) == 0
                 if recording:  # the fault wrote the new entry into the leaf table page
-                    record[1, rec_n + n_refs - 1] = 1
+                    record[rec_n + n_refs - 1] |= REC_WRITE
             if recording:  # and the data page itself
-                record[0, rec_n + n_refs] = pfn
-                record[1, rec_n + n_refs] = 1 if w else 0
-                record[2, rec_n + n_refs] = 0
+                record[rec_n + n_refs] = pfn | REC_WRITE if w else pfn
                 rec_n += n_refs + 1
             walks += 1
             refs += n_refs

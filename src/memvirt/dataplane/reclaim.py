@@ -57,6 +57,9 @@ from .layout import (
     PTE_SWAPPED,
     PTE_USER,
     PTE_WRITABLE,
+    REC_PAGE,
+    REC_TABLE,
+    REC_WRITE,
     RING_FRAME,
     RING_OWNER,
     RING_VPN,
@@ -504,23 +507,29 @@ def prefetch_pages(m: Machine, pid: int, pages: np.ndarray) -> None:
 
 @kernel
 def split_record(
-    record: np.ndarray, n: int, pages: np.ndarray, writes: np.ndarray, data_pages: np.ndarray,
-    written: np.ndarray,
+    record: np.ndarray, n: int, pages: np.ndarray, writes: np.ndarray, kinds: np.ndarray,
+    data_pages: np.ndarray, written: np.ndarray,
 ) -> tuple[int, int]:  # fmt: skip
-    """The first ``n`` entries of a guest's walk record (its rows: the real page, 1 for a
-    write, the kind: 0 for a data page) as the host pass takes them: each page into
-    ``pages`` and whether it is written into ``writes``; the data pages, and the pages
-    written, in order into ``data_pages`` and ``written``. Returns how many of each."""
+    """The first ``n`` entries of a guest's walk record (each a real page, with the flags
+    REC_TABLE and REC_WRITE) as the host pass takes them: each page into ``pages``,
+    whether it is written into ``writes`` and its kind (1 for a page-table page, 0 for a
+    data page) into ``kinds``; the data pages, and the pages written, in order into
+    ``data_pages`` and ``written``. Returns how many of each."""
     n_data = 0
     n_written = 0
     for i in range(n):
-        page = record[0, i]
+        entry = record[i]
+        page = entry & REC_PAGE
         pages[i] = page
-        writes[i] = record[1, i]
-        if record[1, i] != 0:
+        w = (entry & REC_WRITE) != 0
+        writes[i] = 1 if w else 0
+        if w:
             written[n_written] = page
             n_written += 1
-        if record[2, i] == 0:
+        if entry & REC_TABLE:
+            kinds[i] = 1
+        else:
+            kinds[i] = 0
             data_pages[n_data] = page
             n_data += 1
     return n_data, n_written

@@ -79,6 +79,7 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
     content = vm.guest.frames.fi64
     pid = vm.host_pid
     pages = np.zeros(1, dtype=np.int64)
+    flags = np.zeros(1, dtype=np.uint8)
     scan_args = (host_m, tables.bundle, content, vm.guest.frames.fi32, 0, pid, 0, 0, 0,
                  r.real_pages, reclaimer._host_pids, machine.hypervisor_pid,
                  sharing_dp.NO_HINTS, sharing_dp.NO_HINTS, tables.events)  # fmt: skip
@@ -86,11 +87,8 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
                   tables.marks_for(r.real_pages), pages, pages)  # fmt: skip
     return [
         (reclaim.sync_changed, (host_m, pid, content, vm.guest.changed)),
-        (reclaim.split_record, (vm.guest.record, 0, pages, np.zeros(1, np.uint8), pages, pages)),
-        (
-            reclaim.mark_stale_changed,
-            (pages, vm.guest.record[2, :0], np.zeros(1, np.uint8), vm.guest.changed),
-        ),
+        (reclaim.split_record, (vm.guest.record, 0, pages, flags, flags, pages, pages)),
+        (reclaim.mark_stale_changed, (pages, flags, flags, vm.guest.changed)),
         (reclaim.prefetch_pages, (host_m, pid, pages)),
         (reclaim.sync_contents, (host_m, pid, content)),
         (reclaim.mark_stale, (host_m, pid, pages, content, pages)),

@@ -39,6 +39,15 @@ its faults are host faults. When the host evicts a real page, the guest TLB
 entries that map it are shot down. Within one quantum the guest runs before
 the host, so a guest TLB hit on a page the host evicted earlier in the same
 quantum is not seen; quanta are kept short for that reason.
+
+A quantum is a turn in two parts (:class:`~memvirt.engine.loop.Phases`): the
+guest's run, then the host pass and the accounting. Another VM's guest may
+run while this VM's pass finishes, on a second core: what the pass does to
+that VM (shootdowns, its pages' swap copies) waits for that VM's own pass
+(``VM.deferred``), and the pages that VM wrote meanwhile through
+translations it still held are written again in its pass, as such a write
+would fault in the host. The results do not depend on the order or on the
+threads.
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ from memvirt.dataplane.layout import (
     K_RING,
     K_SYNC,
     N_RING,
+    REC_PAGE,
+    REC_WRITE,
     RING_OWNER,
     RING_VPN,
     S_REC_N,
@@ -67,7 +78,7 @@ from memvirt.dataplane.layout import (
 from memvirt.engine.cost import stall_ns
 from memvirt.engine.faults import FaultInjector, lose_frames
 from memvirt.engine.history import PageRef, PageWatch
-from memvirt.engine.loop import EventLoop
+from memvirt.engine.loop import EventLoop, Phases
 from memvirt.engine.native import (
     SCHEMA_VERSION,
     ContentError,
@@ -81,12 +92,19 @@ from memvirt.engine.native import (
 )
 from memvirt.hypervisor.reclamation import Reclaimer
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region, describe_pte
+from memvirt.traces.model import Trace
+from memvirt.workloads.ahead import cores
 from memvirt.workloads.contents import assign
 
+#: No real pages.
+_NO_PAGES = np.zeros(0, dtype=np.int64)
 #: Evictions the host logs per pass before the guests' TLBs are flushed whole.
 RING_CAPACITY = 1 << 12
-#: Entries of a guest's walk record (frames its walks read) before the host must drain it.
-RECORD_CAPACITY = 1 << 14
+#: Entries of a guest's walk record (real pages its walks read, 4 bytes each) at most: a
+#: guest's quantum ends early when its record is full. A quantum of 10,000 accesses at
+#: 4 levels fits unless more than 6,553 of them walk (two thirds: the guests of
+#: bench_vms.py walk on 55% of their accesses).
+RECORD_CAPACITY = 1 << 15
 #: A process spanning more pages than this is left out of the true active set.
 TOUCH_BITMAP_LIMIT = 1 << 26
 #: Entries of a VM's page-walk cache: host translations of guest page-table pages,
@@ -146,6 +164,15 @@ class VM:
     expected: dict[int, dict[int, int]] = field(default_factory=dict)
     #: per process: (first page, pages touched this sampling period), for the true active set
     touched: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)
+    #: the guest runs a quantum whose host pass has not come yet (see _turn)
+    in_flight: bool = False
+    #: evictions of the VM's real pages (host ring rows) made by other VMs' host passes
+    #: while it was in flight: shot down, and their swap copies settled, before its pass
+    deferred: list[np.ndarray] = field(default_factory=list)
+    #: the host's eviction ring overflowed while the VM was in flight
+    deferred_all: bool = False
+    #: real pages of ``deferred`` the guest wrote meanwhile: its pass writes them again
+    rewrites: np.ndarray = field(default_factory=lambda: _NO_PAGES)
 
     def mark_touched(self, pid: int, vpns: np.ndarray) -> None:
         """Note the pages a process touched (the true active set, for comparison with the
@@ -235,13 +262,13 @@ class VirtualizedMachine:
             guest.changed = np.zeros(-(-(vmc.memory // page) // 64), dtype=np.int64)
             guest.cfg[K_SYNC] = 1
             # the walk record holds a quantum's walks, or RECORD_CAPACITY entries: when it
-            # fills the host pass runs mid-quantum (a drain) and the quantum goes on
+            # fills, the quantum ends there (see _turn)
             capacity = min(quantum * (geometry.levels + 1) + 8, RECORD_CAPACITY)
-            guest.record = np.zeros((3, capacity), dtype=np.int32)  # real pages fit in 31 bits
+            guest.record = np.zeros(capacity, dtype=np.int32)  # pages and flags: REC_*
             # the guest logs its evictions, so double paging can be seen
             guest.cfg[K_RING] = 1
-            # at most one eviction per walk between drains, and a walk takes 2+ record rows
-            guest.ring = np.zeros((capacity // 2 + 1, N_RING), dtype=np.int64)
+            # at most one eviction per walk in a quantum, and a walk takes 2+ record rows
+            guest.ring = np.zeros((min(quantum, capacity // 2) + 1, N_RING), dtype=np.int64)
             # each VM's written pages get tokens of their own range, distinct from every
             # other VM's (and from the content model's classes, in bits 60-61)
             guest.st[S_TOKEN] = (k + 1) << 44
@@ -261,7 +288,7 @@ class VirtualizedMachine:
                 queues[i % len(queues)].append((plan.start_s * 1e9, self._turn(vm, plan, report)))
             for c, queue in enumerate(queues):
                 first = min(start for start, _ in queue)
-                self.loop.add(f"{vm.name}/vcpu{c}", _vcpu(queue, self), first)
+                self.loop.add(f"{vm.name}/vcpu{c}", _vcpu(queue, self, vm.name), first)
                 self.vcpus_running += 1
             vm.balloon_pid = guest.spawn([Region(0, page, name="balloon driver")], name="balloon")
             guest.oom_exempt.add(vm.balloon_pid)
@@ -275,6 +302,9 @@ class VirtualizedMachine:
         self.lost_pid = -1
         #: set by memvirt.engine.history to follow one page through a rerun
         self.watch: PageWatch | None = None
+        #: run one VM's guest on a second core while another's host pass finishes (None:
+        #: when this process may run on more than one core); the results are the same
+        self.threads: bool | None = None
         self.faults: FaultInjector | None = None
         if scenario.faults.any:
             self.faults = FaultInjector(self, scenario.faults, page)
@@ -351,14 +381,13 @@ class VirtualizedMachine:
         base = 1 << 20  # the guest kernel's pages, in an address space of their own
         vm.os_pid = guest.spawn([Region(base * page, n * page, name="os")], name="os")
         vpns = base + np.arange(n, dtype=np.int64)
-        step = guest.record.shape[1] // (guest.geometry.levels + 1)  # walks the record holds
+        step = guest.record.shape[0] // (guest.geometry.levels + 1)  # walks the record holds
         for start in range(0, n, step):
             guest.st[S_REC_N] = 0
             chunk = vpns[start : start + step]
             guest.run(vm.os_pid, chunk, np.zeros(chunk.size, dtype=np.uint8), page_numbers=True)
-            rec = int(guest.st[S_REC_N])
-            record = guest.record[:, :rec].astype(np.int64)
-            self.host_touch(vm, record[0], record[1])
+            record = guest.record[: int(guest.st[S_REC_N])].astype(np.int64)
+            self.host_touch(vm, record & REC_PAGE, (record & REC_WRITE != 0).astype(np.uint8))
         guest.st[S_REC_N] = 0
         frames = np.array([reclaim.frame_of(guest.machine, vm.os_pid, int(v)) for v in vpns])
         tokens, _ = assign(gc.content, np.arange(n), vm_seed=seed * 1_000_003 + vm.index,
@@ -419,6 +448,8 @@ class VirtualizedMachine:
         evicted = int(self.host.st[S_RING_N])
         host_m = self.host.machine  # anew: the run may have grown the table pool
         for other in self.vms if evicted else ():  # (most passes evict nothing)
+            if other.in_flight and other is not vm:  # its guest runs: see _settle_deferred
+                continue
             content = other.guest.frames.fi64
             if evicted > self.host.ring.shape[0]:  # the ring overflowed: every swapped page
                 reclaim.fix_all_swap_copies(host_m, other.host_pid, content)
@@ -473,6 +504,9 @@ class VirtualizedMachine:
             return
         if evicted > self.host.ring.shape[0]:  # the ring overflowed
             for other in self.vms:
+                if other.in_flight:
+                    other.deferred_all = True
+                    continue
                 native.tlb_flush_asid(other.guest.machine, -1)
                 other.walk_cache[:] = -1
             return
@@ -480,6 +514,10 @@ class VirtualizedMachine:
         owners = set(ring[:evicted, RING_OWNER].tolist())
         for target in self.vms:  # (in order of host pid)
             if target.host_pid not in owners:
+                continue
+            if target.in_flight:  # its guest runs now: its pass settles these first
+                rows = ring[:evicted]
+                target.deferred.append(rows[rows[:, RING_OWNER] == target.host_pid].copy())
                 continue
             reclaim.shoot_down_ring(target.guest.machine, ring, evicted, target.host_pid)
             if self.walk_caches:
@@ -567,42 +605,60 @@ class VirtualizedMachine:
             self.watch.observe(now, "a hypervisor control step")
         return self.control_period_ns
 
-    def _turn(self, vm: VM, plan: ProcessPlan, report: ProcessReport) -> Any:
-        """One quantum of ``plan``'s process: the time it took, or None when it has ended."""
+    def _turn(self, vm: VM, plan: ProcessPlan, report: ProcessReport) -> Phases:
+        """One quantum of ``plan``'s process, in two parts (see :class:`Phases`): the guest
+        runs its accesses (a job that touches only the VM's guest), then the hypervisor's
+        pass over them and the accounting. The second part returns the time the quantum
+        took, or None when the process has ended.
+
+        The guest runs until its quantum is done or its walk record is full; accesses
+        the quantum did not reach come first in the next one."""
         guest, host = vm.guest, self.host
         ns_per_access = 1e9 / plan.rate
         cost = self.cost
+        left: list[Trace] = []  # accesses of the last chunk not run yet
 
-        def turn(now: float) -> float | None:
+        def start(now: float) -> Callable[[], Any]:
             if not guest.alive(report.pid) or not host.alive(vm.host_pid):
                 if report.killed is None and not host.alive(vm.host_pid):
                     report.killed = f"its VM {vm.name} was stopped: {self.stop_reason(vm)}"
-                return None
+                return _ENDED
             reclaimer = self.reclaimer
             if reclaimer.blocked(vm):  # the low state: wait for the next reclamation step
                 wait = self.control_period_ns
                 reclaimer.vms[vm.index].blocked_ns += wait
                 report.end_ns = now + wait
-                return wait
-            chunk = next_chunk(plan, report, guest, self.quantum, now)
+                return lambda: wait
+            vm.in_flight = True
+            return lambda: run_guest(now)
+
+        def run_guest(now: float) -> tuple[Trace, int, dict[str, int], int] | None:
+            chunk = left.pop() if left else next_chunk(plan, report, guest, self.quantum, now)
             if chunk is None:
                 return None
-            g0, h0, all0 = guest.counters(), host.counters(vm.host_pid), host.counters()
+            g0 = guest.counters()
             guest.st[S_REC_N] = 0
             guest.st[S_RING_N] = 0
             first_token = int(guest.st[S_TOKEN])
-            drained = [0]
-
-            def drain() -> None:  # the record is full: the host catches up mid-quantum
-                drained[0] += self._host_pass(vm)
-                guest.st[S_REC_N] = 0
-                guest.st[S_RING_N] = 0
-
             done = guest.run(
-                report.pid, chunk.addresses, chunk.writes, page_numbers=True, drain=drain
+                report.pid, chunk.addresses, chunk.writes, page_numbers=True, until_full=True
             )
+            if done < len(chunk) and guest.alive(report.pid):  # the walk record is full
+                left.append(chunk.tail(done))
+                chunk = chunk.head(done)
+            self.total_accesses += done  # (the loop's stop condition counts them at once)
+            return chunk, done, g0, first_token
+
+        def finish(now: float, ran: Any) -> float | None:
+            if vm.in_flight:
+                self._settle_deferred(vm)
+                vm.in_flight = False
+            if ran is None or isinstance(ran, float):  # ended, or waited
+                return ran
+            chunk, done, g0, first_token = ran
+            h0, all0 = host.counters(vm.host_pid), host.counters()
             vm.mark_touched(report.pid, chunk.addresses[:done])
-            copies = drained[0] + self._host_pass(vm)
+            copies = self._host_pass(vm)
             if self.watch is not None:
                 self.watch.observe(now, f"a quantum of VM {vm.name}'s process {plan.name}")
             if self.check and guest.alive(report.pid) and host.alive(vm.host_pid):
@@ -617,7 +673,7 @@ class VirtualizedMachine:
                 hd[key] = all1[key] - all0[key]
             took = done * ns_per_access + stall_ns(cost, gd) + self.host_stall(hd)
             took += copies * cost.share_copy_ns
-            took += reclaimer.take_pending(vm)
+            took += self.reclaimer.take_pending(vm)
             vm.guest_refs += gd["walk_memory_references"]
             if self.paging == "nested":
                 vm.host_refs += hd["walk_memory_references"]
@@ -627,10 +683,41 @@ class VirtualizedMachine:
                 exits = gd["minor_faults"] + gd["major_faults"] + gd["evictions"]
                 vm.vm_exits += exits
                 took += exits * cost.vm_exit_ns
-            self.total_accesses += done
+            if not host.alive(vm.host_pid) and report.killed is None:
+                report.killed = f"its VM {vm.name} was stopped: {self.stop_reason(vm)}"
             return settle(report, guest, now, took, done, len(chunk))
 
-        return turn
+        return Phases(vm.name, start, finish)
+
+    def _settle_deferred(self, vm: VM) -> None:
+        """Before ``vm``'s host pass: the evictions of its real pages that other VMs' passes
+        made while its guest ran (``vm.deferred``) take effect, as after those passes: the
+        swap copies take the pages' contents, and the guest's translations are shot down."""
+        vm.rewrites = _NO_PAGES
+        if not (vm.deferred or vm.deferred_all):
+            return
+        host_m, content = self.host.machine, vm.guest.frames.fi64
+        if vm.deferred_all:  # the ring overflowed meanwhile: every page, every translation
+            reclaim.fix_all_swap_copies(host_m, vm.host_pid, content)
+            native.tlb_flush_asid(vm.guest.machine, -1)
+            vm.walk_cache[:] = -1
+            evicted = np.flatnonzero(np.unpackbits(vm.guest.changed.view(np.uint8),
+                                                   bitorder="little"))  # fmt: skip
+        else:
+            for rows in vm.deferred:
+                reclaim.fix_swap_copies(host_m, rows, rows.shape[0], vm.host_pid, content)
+                reclaim.shoot_down_ring(vm.guest.machine, rows, rows.shape[0], vm.host_pid)
+                if self.walk_caches:
+                    self.forget(vm, rows[:, RING_VPN])
+            evicted = np.concatenate([rows[:, RING_VPN] for rows in vm.deferred])
+        vm.deferred.clear()
+        vm.deferred_all = False
+        # the guest may have written some of these pages through the translations it still
+        # held: as on hardware, such a write faults in the host, so the pass makes it again
+        changed = vm.guest.changed
+        written = (changed[evicted >> 6] >> (evicted & 63)) & 1 != 0
+        pages, first = np.unique(evicted[written], return_index=True)
+        vm.rewrites = np.ascontiguousarray(pages[np.argsort(first)], dtype=np.int64)
 
     def _host_pass(self, vm: VM) -> int:
         """Translate the real pages the guest's walks read; shoot down what the host evicts.
@@ -646,11 +733,11 @@ class VirtualizedMachine:
         reclaimer = self.reclaimer
         host_m = self.host.machine
         content = vm.guest.frames.fi64
-        record = vm.guest.record
-        kinds = record[2, :n]
         pages, writes = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8)
+        kinds = np.empty(n, dtype=np.uint8)
         data_pages, written = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-        n_data, n_written = reclaim.split_record(record, n, pages, writes, data_pages, written)
+        n_data, n_written = reclaim.split_record(vm.guest.record, n, pages, writes, kinds,
+                                                 data_pages, written)  # fmt: skip
         data_pages = data_pages[:n_data]
         copies = reclaimer.before_host_pass(vm, written[:n_written])
         # the guest wrote pages through its TLB, unseen by the host (as by the hardware,
@@ -681,12 +768,12 @@ class VirtualizedMachine:
             vm.walk_cache_hits += pages.size - kept
             chosen = keep.astype(bool)
             pages, writes = pages[chosen], writes[chosen]  # (data pages are always kept)
-        extra = np.concatenate([doubled, copies])
+        rewrites = vm.rewrites
+        extra = np.concatenate([doubled, copies, rewrites])
         if extra.size:
             pages = np.concatenate([extra, pages])
-            writes = np.concatenate(
-                [np.zeros(doubled.size, np.uint8), np.ones(copies.size, np.uint8), writes]
-            )
+            rewritten = np.ones(copies.size + rewrites.size, np.uint8)
+            writes = np.concatenate([np.zeros(doubled.size, np.uint8), rewritten, writes])
             data_pages = np.concatenate([extra, data_pages])
         if pages.size == 0:
             return int(copies.size)
@@ -711,6 +798,10 @@ class VirtualizedMachine:
         ``progress``, if given, is called after each turn with the simulated time reached
         (ns) and the accesses made so far.
         """
+        # one VM's guest runs while another's host pass finishes: on a second core unless the
+        # checks or a page's history look at every VM after each pass
+        threads = cores() > 1 if self.threads is None else self.threads
+        self.loop.threads = threads and not self.check and self.watch is None
         end = self.loop.run_for(seconds, accesses, lambda: self.total_accesses, progress)
         for vm in self.vms:
             for report in vm.reports:
@@ -776,28 +867,47 @@ class VirtualizedMachine:
         }
 
 
-def _vcpu(queue: list[Any], machine: VirtualizedMachine) -> Any:
+def _ended() -> None:
+    return None
+
+
+#: the first part of a turn with nothing to run
+_ENDED = _ended
+
+
+def _vcpu(queue: list[tuple[float, Phases]], machine: VirtualizedMachine, group: str) -> Phases:
     """A vCPU that runs its processes in turn, a quantum each (round robin).
 
     A process whose start time has not come waits; a process that has ended
-    leaves the queue; the vCPU stops when its queue is empty.
+    leaves the queue (the vCPU's next turn comes at once); the vCPU stops when
+    its queue is empty.
     """
     pending = list(queue)
     turn_index = [0]
 
-    def turn(now: float) -> float | None:
-        while pending:
-            ready = [item for item in pending if item[0] <= now]
-            if not ready:  # idle until the next process starts
-                return float(min(start for start, _ in pending) - now)
-            start, process_turn = ready[turn_index[0] % len(ready)]
-            took = process_turn(now)
-            if took is None:
-                pending.remove((start, process_turn))
-                continue
-            turn_index[0] += 1
-            return float(took)
-        machine.vcpus_running -= 1
-        return None
+    def start(now: float) -> Callable[[], Any]:
+        if not pending:
+            return lambda: ("stopped", None, None)
+        ready = [item for item in pending if item[0] <= now]
+        if not ready:  # idle until the next process starts
+            idle = float(min(begin for begin, _ in pending) - now)
+            return lambda: ("idle", idle, None)
+        item = ready[turn_index[0] % len(ready)]
+        job = item[1].start(now)
+        return lambda: ("ran", item, job())
 
-    return turn
+    def finish(now: float, ran: tuple[str, Any, Any]) -> float | None:
+        what, item, result = ran
+        if what == "stopped":
+            machine.vcpus_running -= 1
+            return None
+        if what == "idle":
+            return float(item)
+        took = item[1].finish(now, result)
+        if took is None:
+            pending.remove(item)
+            return 0.0
+        turn_index[0] += 1
+        return float(took)
+
+    return Phases(group, start, finish)

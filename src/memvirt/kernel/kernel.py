@@ -401,7 +401,7 @@ class Kernel:
         self.oom_exempt: set[int] = set()
         self._blocks: list[tuple[int, int, int]] = []  # (start, frames, pid) without VM
         self._empty_next_use = np.zeros(0, dtype=np.int64)
-        self.record = np.zeros((3, 1), dtype=np.int32)
+        self.record = np.zeros(1, dtype=np.int32)
         self.ring = np.zeros((1, N_RING), dtype=np.int64)
         #: the sharing watch map and log (K_COW), set by a hypervisor that shares pages
         self.watch = np.zeros(1, dtype=np.int64)
@@ -723,6 +723,7 @@ class Kernel:
         next_use: np.ndarray | None = None,
         page_numbers: bool = False,
         drain: Callable[[], None] | None = None,
+        until_full: bool = False,
     ) -> int:
         """Run process ``pid``'s accesses; return how many happened before it ended.
 
@@ -731,7 +732,8 @@ class Kernel:
         ``next_use`` gives, for each access, the index of the next access to
         the same page: the opt policy needs it. When the walk record fills
         (a kernel under a hypervisor), ``drain`` is called to empty it (the
-        hypervisor's pass over the real pages read so far) and the run goes on.
+        hypervisor's pass over the real pages read so far) and the run goes on;
+        with ``until_full`` the run stops there instead (the process still runs).
         """
         if not self.alive(pid):
             raise KernelError(f"process {pid} is not running")
@@ -761,6 +763,8 @@ class Kernel:
                 break
             va = int(self.st[S_FAULT_VPN]) << self.geometry.offset_bits
             if reason == STOP_RECORD_FULL:
+                if until_full:
+                    break
                 if drain is None:
                     raise KernelError(
                         "the walk record is full: run fewer accesses between drains of the "

@@ -53,6 +53,16 @@ class Trace:
             fetches=None if self.fetches is None else self.fetches[:count],
         )
 
+    def tail(self, start: int) -> Trace:
+        """The accesses from access ``start`` on."""
+        return Trace(
+            self.addresses[start:],
+            self.writes[start:],
+            page_numbers=self.page_numbers,
+            source=self.source,
+            fetches=None if self.fetches is None else self.fetches[start:],
+        )
+
     @property
     def kinds(self) -> np.ndarray:
         """The kind of every access: KIND_READ, KIND_WRITE or KIND_FETCH."""
