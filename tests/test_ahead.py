@@ -88,3 +88,22 @@ def test_a_run_is_the_same_with_workloads_drawn_ahead_or_not(
     drawn_ahead = summary()
     monkeypatch.setattr(ahead, "cores", lambda: 1)
     assert summary() == drawn_ahead
+
+
+def test_one_thread_when_asked_and_in_a_sweeps_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memvirt.engine.virtual import VirtualizedMachine
+    from memvirt.sweep import runner
+
+    monkeypatch.setattr(ahead.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv(ahead.ONE_THREAD, raising=False)
+    assert ahead.cores() == 2
+    # a sweep's local worker keeps to one thread: the workers keep the cores busy
+    monkeypatch.setattr(runner.signal, "signal", lambda *args: None)
+    runner._start_worker()
+    assert os.environ[ahead.ONE_THREAD] == "1"
+    assert ahead.cores() == 1
+    assert not AheadStream(Stream(Zipf(pages=10, alpha=1.0), 0)).ahead
+    machine = build(load_scenario(EXAMPLES / "two-level-nested.toml", ["run.accesses=1000"]))
+    assert isinstance(machine, VirtualizedMachine)
+    machine.run(accesses=1000)
+    assert not machine.loop.threads

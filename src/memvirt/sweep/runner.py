@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memvirt.sweep.spec import PlannedRun, SweepError, SweepPlan
+from memvirt.workloads.ahead import ONE_THREAD
 
 if TYPE_CHECKING:
     from memvirt.sweep.catalog import Catalog
@@ -190,15 +191,19 @@ def local_runner(workers: int) -> Runner:
     # spawn, not fork: a forked child would inherit the parent's threads' locks (the
     # progress bar's), and numba is not fork-safe once it has compiled
     pool = cf.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
     )
     return Runner(pool, 2 * workers, f"on {workers} local processes")
 
 
-def _ignore_interrupts() -> None:
+def _start_worker() -> None:
     """In a pool's worker: leave Ctrl-C to the parent, which cancels the sweep and ends the
-    workers (a terminal sends SIGINT to the whole process group)."""
+    workers (a terminal sends SIGINT to the whole process group); and keep to one thread,
+    since the workers already keep every core busy (the 63 runs of
+    examples/sweep-overcommit.toml took 13-16 s so, against 19-21 s with a second thread
+    in each worker, with the same results)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[ONE_THREAD] = "1"
 
 
 def dask_runner(address: str, *, timeout: float = 10.0) -> Runner:

@@ -52,8 +52,16 @@ def _draw(stream: Stream, n: int) -> tuple[np.ndarray, np.ndarray]:
     return trace.addresses, trace.writes
 
 
+#: When set (to anything but ""), memvirt keeps to one thread: no workload drawn ahead, no
+#: VM's guest run beside another VM's host pass. A sweep's local workers set it, since
+#: they already keep every core busy. The results are the same either way.
+ONE_THREAD = "MEMVIRT_ONE_THREAD"
+
+
 def cores() -> int:
-    """CPUs this process may run on."""
+    """CPUs this process may run on (1 when ``MEMVIRT_ONE_THREAD`` is set)."""
+    if os.environ.get(ONE_THREAD):
+        return 1
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
