@@ -171,7 +171,7 @@ class VM:
     deferred: list[np.ndarray] = field(default_factory=list)
     #: the host's eviction ring overflowed while the VM was in flight
     deferred_all: bool = False
-    #: real pages of ``deferred`` the guest wrote meanwhile: its pass writes them again
+    #: real pages of ``deferred`` the guest wrote meanwhile: its next pass writes them again
     rewrites: np.ndarray = field(default_factory=lambda: _NO_PAGES)
 
     def mark_touched(self, pid: int, vpns: np.ndarray) -> None:
@@ -693,7 +693,6 @@ class VirtualizedMachine:
         """Before ``vm``'s host pass: the evictions of its real pages that other VMs' passes
         made while its guest ran (``vm.deferred``) take effect, as after those passes: the
         swap copies take the pages' contents, and the guest's translations are shot down."""
-        vm.rewrites = _NO_PAGES
         if not (vm.deferred or vm.deferred_all):
             return
         host_m, content = self.host.machine, vm.guest.frames.fi64
@@ -716,7 +715,8 @@ class VirtualizedMachine:
         # held: as on hardware, such a write faults in the host, so the pass makes it again
         changed = vm.guest.changed
         written = (changed[evicted >> 6] >> (evicted & 63)) & 1 != 0
-        pages, first = np.unique(evicted[written], return_index=True)
+        pages, first = np.unique(np.concatenate([vm.rewrites, evicted[written]]),
+                                 return_index=True)  # fmt: skip
         vm.rewrites = np.ascontiguousarray(pages[np.argsort(first)], dtype=np.int64)
 
     def _host_pass(self, vm: VM) -> int:
@@ -768,7 +768,7 @@ class VirtualizedMachine:
             vm.walk_cache_hits += pages.size - kept
             chosen = keep.astype(bool)
             pages, writes = pages[chosen], writes[chosen]  # (data pages are always kept)
-        rewrites = vm.rewrites
+        rewrites, vm.rewrites = vm.rewrites, _NO_PAGES
         extra = np.concatenate([doubled, copies, rewrites])
         if extra.size:
             pages = np.concatenate([extra, pages])
