@@ -18,6 +18,7 @@ and the TLB fill way found by the probe.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +31,7 @@ from memvirt.dataplane.layout import (
     S_REC_N,
     S_TLB_CLOCK,
 )
-from memvirt.kernel.kernel import Kernel, KernelConfig, Region
+from memvirt.kernel.kernel import Kernel, KernelConfig, KernelError, Region
 from memvirt.mmu.tlb import TLBConfig
 from memvirt.units import KiB, PageGeometry
 
@@ -211,3 +212,16 @@ def test_the_probe_finds_the_way_a_fill_takes(
     native.tlb_put(put_tags, put_vals, put_stamps, put_state, 0, way, tag, 7)
     assert put_tags[0, way] == tag and put_vals[0, way] == 7
     assert put_state[S_TLB_CLOCK] == 1 and put_stamps[0, way] == 1
+
+
+def test_a_full_walk_record_stops_the_run_only_when_asked() -> None:
+    _, k = _pair(256, "lru", record=True)
+    k.record = np.zeros(5 * 10, dtype=np.int32)  # ten 4-level walks at most
+    pid = k.spawn([Region(0, 64 * PAGE)])
+    pages = np.arange(64, dtype=np.int64)  # a walk each: 64 cold pages
+    with pytest.raises(KernelError, match="walk record is full"):
+        k.run(pid, pages, page_numbers=True)
+    k.st[S_REC_N] = 0
+    done = k.run(pid, pages, page_numbers=True, until_full=True)
+    assert 0 < done < pages.size and k.alive(pid)
+    assert int(k.st[S_REC_N]) <= k.record.shape[0]

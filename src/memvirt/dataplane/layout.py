@@ -212,7 +212,7 @@ STOP_SEGFAULT = 1
 STOP_OOM = 2  # a frame or swap slot is needed and none can be had
 STOP_NEED_TABLES = 3  # the table-page pool must grow (control plane)
 STOP_SIGBUS = 4  # a bus error: the huge-page pool is exhausted, or a swap read failed
-STOP_RECORD_FULL = 5  # the walk record is full: the layer above must drain it
+STOP_RECORD_FULL = 5  # the walk record is full: the hypervisor must pass over it
 STOP_NEED_SLOTS = 6  # the swap arrays must grow before a fault may take slots (control plane)
 
 SEGV_NO_REGION = 1

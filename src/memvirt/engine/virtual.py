@@ -506,23 +506,31 @@ class VirtualizedMachine:
             for other in self.vms:
                 if other.in_flight:
                     other.deferred_all = True
-                    continue
-                native.tlb_flush_asid(other.guest.machine, -1)
-                other.walk_cache[:] = -1
+                else:
+                    self._flush_translations(other)
             return
         ring = self.host.ring
         owners = set(ring[:evicted, RING_OWNER].tolist())
         for target in self.vms:  # (in order of host pid)
             if target.host_pid not in owners:
                 continue
+            rows = ring[:evicted]
+            rows = rows[rows[:, RING_OWNER] == target.host_pid]
             if target.in_flight:  # its guest runs now: its pass settles these first
-                rows = ring[:evicted]
-                target.deferred.append(rows[rows[:, RING_OWNER] == target.host_pid].copy())
-                continue
-            reclaim.shoot_down_ring(target.guest.machine, ring, evicted, target.host_pid)
-            if self.walk_caches:
-                rows = ring[:evicted]
-                self.forget(target, rows[rows[:, RING_OWNER] == target.host_pid, RING_VPN])
+                target.deferred.append(rows)
+            else:
+                self._shoot_down_rows(target, rows)
+
+    def _shoot_down_rows(self, vm: VM, rows: np.ndarray) -> None:
+        """Shoot down the guest translations of ``vm``'s real pages that host ring ``rows``
+        (all of ``vm``) name as evicted."""
+        reclaim.shoot_down_ring(vm.guest.machine, rows, rows.shape[0], vm.host_pid)
+        self.forget(vm, rows[:, RING_VPN])
+
+    def _flush_translations(self, vm: VM) -> None:
+        """Every guest translation of ``vm`` goes: its TLBs and its page-walk cache."""
+        native.tlb_flush_asid(vm.guest.machine, -1)
+        vm.walk_cache[:] = -1
 
     def _check_quantum(
         self, vm: VM, pid: int, vpns: np.ndarray, writes: np.ndarray, first_token: int
@@ -618,11 +626,14 @@ class VirtualizedMachine:
         cost = self.cost
         left: list[Trace] = []  # accesses of the last chunk not run yet
 
+        def note_vm_stopped() -> None:  # the process was killed with its VM
+            if report.killed is None and not host.alive(vm.host_pid):
+                report.killed = f"its VM {vm.name} was stopped: {self.stop_reason(vm)}"
+
         def start(now: float) -> Callable[[], Any]:
             if not guest.alive(report.pid) or not host.alive(vm.host_pid):
-                if report.killed is None and not host.alive(vm.host_pid):
-                    report.killed = f"its VM {vm.name} was stopped: {self.stop_reason(vm)}"
-                return _ENDED
+                note_vm_stopped()
+                return _ended
             reclaimer = self.reclaimer
             if reclaimer.blocked(vm):  # the low state: wait for the next reclamation step
                 wait = self.control_period_ns
@@ -683,8 +694,7 @@ class VirtualizedMachine:
                 exits = gd["minor_faults"] + gd["major_faults"] + gd["evictions"]
                 vm.vm_exits += exits
                 took += exits * cost.vm_exit_ns
-            if not host.alive(vm.host_pid) and report.killed is None:
-                report.killed = f"its VM {vm.name} was stopped: {self.stop_reason(vm)}"
+            note_vm_stopped()  # (by the host, during its pass or another VM's)
             return settle(report, guest, now, took, done, len(chunk))
 
         return Phases(vm.name, start, finish)
@@ -698,16 +708,13 @@ class VirtualizedMachine:
         host_m, content = self.host.machine, vm.guest.frames.fi64
         if vm.deferred_all:  # the ring overflowed meanwhile: every page, every translation
             reclaim.fix_all_swap_copies(host_m, vm.host_pid, content)
-            native.tlb_flush_asid(vm.guest.machine, -1)
-            vm.walk_cache[:] = -1
+            self._flush_translations(vm)
             evicted = np.flatnonzero(np.unpackbits(vm.guest.changed.view(np.uint8),
                                                    bitorder="little"))  # fmt: skip
         else:
             for rows in vm.deferred:
                 reclaim.fix_swap_copies(host_m, rows, rows.shape[0], vm.host_pid, content)
-                reclaim.shoot_down_ring(vm.guest.machine, rows, rows.shape[0], vm.host_pid)
-                if self.walk_caches:
-                    self.forget(vm, rows[:, RING_VPN])
+                self._shoot_down_rows(vm, rows)
             evicted = np.concatenate([rows[:, RING_VPN] for rows in vm.deferred])
         vm.deferred.clear()
         vm.deferred_all = False
@@ -868,11 +875,8 @@ class VirtualizedMachine:
 
 
 def _ended() -> None:
+    """The first part of a turn with nothing to run."""
     return None
-
-
-#: the first part of a turn with nothing to run
-_ENDED = _ended
 
 
 def _vcpu(queue: list[tuple[float, Phases]], machine: VirtualizedMachine, group: str) -> Phases:

@@ -26,7 +26,7 @@ are then real pages, and the hypervisor adds the second mapping.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -722,7 +722,6 @@ class Kernel:
         *,
         next_use: np.ndarray | None = None,
         page_numbers: bool = False,
-        drain: Callable[[], None] | None = None,
         until_full: bool = False,
     ) -> int:
         """Run process ``pid``'s accesses; return how many happened before it ended.
@@ -730,10 +729,10 @@ class Kernel:
         ``addresses`` are virtual addresses (or page numbers with
         ``page_numbers``); ``writes`` marks writes (all reads when None).
         ``next_use`` gives, for each access, the index of the next access to
-        the same page: the opt policy needs it. When the walk record fills
-        (a kernel under a hypervisor), ``drain`` is called to empty it (the
-        hypervisor's pass over the real pages read so far) and the run goes on;
-        with ``until_full`` the run stops there instead (the process still runs).
+        the same page: the opt policy needs it. A kernel under a hypervisor
+        records the real pages its walks read: with ``until_full`` the run stops
+        when that record is full (the process still runs), and the hypervisor
+        makes its pass over them before the rest.
         """
         if not self.alive(pid):
             raise KernelError(f"process {pid} is not running")
@@ -765,13 +764,10 @@ class Kernel:
             if reason == STOP_RECORD_FULL:
                 if until_full:
                     break
-                if drain is None:
-                    raise KernelError(
-                        "the walk record is full: run fewer accesses between drains of the "
-                        "record, or give run() a drain"
-                    )
-                drain()
-                continue
+                raise KernelError(
+                    "the walk record is full: run fewer accesses at a time, or pass "
+                    "until_full=True and run the rest after the hypervisor's pass"
+                )
             if reason == STOP_NEED_TABLES:
                 self._ensure_tables(self.geometry.levels)
             elif reason == STOP_NEED_SLOTS:  # a fault takes at most a slot per level

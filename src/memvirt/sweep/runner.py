@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memvirt.sweep.spec import PlannedRun, SweepError, SweepPlan
-from memvirt.workloads.ahead import ONE_THREAD
+from memvirt.workloads.ahead import ONE_THREAD, usable_cpus
 
 if TYPE_CHECKING:
     from memvirt.sweep.catalog import Catalog
@@ -176,10 +176,7 @@ class Runner:
 def default_workers() -> int:
     """Local worker processes when ``--workers`` is not given: one per CPU this process may
     use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def local_runner(workers: int) -> Runner:

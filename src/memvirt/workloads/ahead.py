@@ -58,14 +58,17 @@ def _draw(stream: Stream, n: int) -> tuple[np.ndarray, np.ndarray]:
 ONE_THREAD = "MEMVIRT_ONE_THREAD"
 
 
-def cores() -> int:
-    """CPUs this process may run on (1 when ``MEMVIRT_ONE_THREAD`` is set)."""
-    if os.environ.get(ONE_THREAD):
-        return 1
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
     try:
-        return len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
+        return max(1, os.cpu_count() or 1)
+
+
+def cores() -> int:
+    """CPUs a run may use: :func:`usable_cpus`, or 1 when ``MEMVIRT_ONE_THREAD`` is set."""
+    return 1 if os.environ.get(ONE_THREAD) else usable_cpus()
 
 
 class AheadStream:
