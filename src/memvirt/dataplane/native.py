@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from .jit import inlined, kernel
+from .jit import inlined, kernel, prefetch2
 from .layout import (
     BUS_NO_HUGE_PAGE,
     BUS_SWAP_READ,
@@ -993,6 +993,35 @@ def page_fault(
     return f, tv | (f << TV_SHIFT), 0
 
 
+#: How many accesses ahead :func:`run_batch` asks for the leaf entry of a page it will
+#: translate (and half as many for the metadata of its frame). Alternated on
+#: benchmarks/bench_vms.py: 16 beat 8 and 32 (docs/benchmarks.md, "Prefetching ahead").
+PREFETCH_AHEAD = 16
+
+
+@inlined
+def prefetch_ahead(
+    memo: np.ndarray, tables: np.ndarray, fi32: np.ndarray, fi64: np.ndarray, vpn: int,
+    leaf_shift: int, last_shift: int, last_mask: int, rows: bool,
+) -> None:  # fmt: skip
+    """A cache hint for a coming access to ``vpn``, which changes no state: when the batch
+    has walked to ``vpn``'s leaf table (the path memo knows its prefix), the leaf entry, or
+    with ``rows`` (the entry asked for some accesses earlier) the frame's metadata rows."""
+    prefix = vpn >> leaf_shift
+    slot = prefix & (MEMO_SLOTS - 1)
+    if memo[slot, MEMO_PREFIX] != prefix:
+        return
+    t = memo[slot, MEMO_LEAF]
+    idx = (vpn >> last_shift) & last_mask
+    if not rows:
+        prefetch2(tables, t, idx)
+        return
+    e = tables[t, idx]
+    if e & PTE_PRESENT:
+        prefetch2(fi32, e >> PTE_SHIFT, 0)
+        prefetch2(fi64, e >> PTE_SHIFT, 0)
+
+
 @kernel
 def run_batch(
     m: Machine,
@@ -1066,7 +1095,22 @@ def run_batch(
     if use_paths:
         memo[:, MEMO_PREFIX] = -1
     leaf_shift = shifts[levels - 2]
+    # Prefetching ahead: the accesses to come are known, so while access i runs, the CPU
+    # is asked for the leaf entry of access i + PREFETCH_AHEAD and for the frame's rows of
+    # access i + PREFETCH_AHEAD / 2 (whose entry it was asked for before), where the
+    # access's own loads would meet their cache misses one after another. Through the
+    # path memo: only the leaf tables the batch has walked to. Not for the hypervisor's
+    # pass (no TLB), which prefetches its data pages before it runs.
+    ahead = PREFETCH_AHEAD if use_paths and tlb_levels > 0 else 0
+    last_shift, last_mask = shifts[levels - 1], masks[levels - 1]
     for i in range(start, end):
+        if ahead > 0:
+            if i + ahead < end:
+                prefetch_ahead(memo, tables, fi32, fi64, vpns[i + ahead], leaf_shift,
+                               last_shift, last_mask, False)  # fmt: skip
+            if i + (ahead >> 1) < end:
+                prefetch_ahead(memo, tables, fi32, fi64, vpns[i + (ahead >> 1)], leaf_shift,
+                               last_shift, last_mask, True)  # fmt: skip
         if recording and rec_n + levels + 1 > record.shape[0]:
             stop, reason = i, STOP_RECORD_FULL
             break

@@ -312,6 +312,16 @@ def evict_frames(m: Machine, frames: np.ndarray, n: int) -> int:
 
 
 @kernel
+def mark_span(bits: np.ndarray, pages: np.ndarray, first: int) -> None:
+    """Set ``bits[page - first]`` (bools) for each of ``pages``: the pages a process
+    touched, over its span of pages from ``first`` (one outside the span is left out)."""
+    for k in range(pages.shape[0]):
+        i = pages[k] - first
+        if 0 <= i < bits.shape[0]:
+            bits[i] = True
+
+
+@kernel
 def mark_touched(unseen: np.ndarray, pages: np.ndarray) -> int:
     """Of ``pages`` (real pages a host pass touched), those of the period's sample not seen
     yet (their bits in ``unseen``, bit ``p % 64`` of word ``p // 64``) are seen now: their

@@ -100,6 +100,7 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
         (reclaim.shoot_down_ring, (guest_m, machine.host.ring, 0, pid)),
         (reclaim.doubled_pages, (host_m, pid, vm.guest.ring, 0, pages)),
         (reclaim.mark_touched, (r.sample_unseen, pages)),
+        (reclaim.mark_span, (np.zeros(1, dtype=bool), pages, 0)),
         (reclaim.release_frames, (host_m, pages, 0)),
         (reclaim.balloon_inflate, (guest_m, r.balloon_pid, 0, pages)),
         (reclaim.pick_frames, (host_m, pid, 0, False, pages)),

@@ -54,13 +54,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from memvirt.config import Scenario, ScenarioError, VMConfig
 from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
+    C_COMPRESSIONS,
+    C_WRITEBACKS,
     FR_DIRTY,
     FR_TABLE,
     K_RECORD,
@@ -181,7 +183,7 @@ class VM:
         if span is None or vpns.size == 0:
             return
         lo, bits = span
-        bits[vpns - lo] = True
+        reclaim.mark_span(bits, vpns, lo)
 
     def true_active(self) -> int:
         """Pages the VM's processes touched in the current sampling period."""
@@ -509,23 +511,21 @@ class VirtualizedMachine:
                 else:
                     self._flush_translations(other)
             return
-        ring = self.host.ring
-        owners = set(ring[:evicted, RING_OWNER].tolist())
+        rows = self.host.ring[:evicted]
         for target in self.vms:  # (in order of host pid)
-            if target.host_pid not in owners:
-                continue
-            rows = ring[:evicted]
-            rows = rows[rows[:, RING_OWNER] == target.host_pid]
             if target.in_flight:  # its guest runs now: its pass settles these first
-                target.deferred.append(rows)
+                mine = rows[rows[:, RING_OWNER] == target.host_pid]
+                if mine.size:
+                    target.deferred.append(mine)
             else:
                 self._shoot_down_rows(target, rows)
 
     def _shoot_down_rows(self, vm: VM, rows: np.ndarray) -> None:
         """Shoot down the guest translations of ``vm``'s real pages that host ring ``rows``
-        (all of ``vm``) name as evicted."""
-        reclaim.shoot_down_ring(vm.guest.machine, rows, rows.shape[0], vm.host_pid)
-        self.forget(vm, rows[:, RING_VPN])
+        name as evicted (the rows of other VMs are passed over)."""
+        shot = reclaim.shoot_down_ring(vm.guest.machine, rows, rows.shape[0], vm.host_pid)
+        if shot and self.walk_caches:
+            self.forget(vm, rows[rows[:, RING_OWNER] == vm.host_pid, RING_VPN])
 
     def _flush_translations(self, vm: VM) -> None:
         """Every guest translation of ``vm`` goes: its TLBs and its page-walk cache."""
@@ -643,11 +643,11 @@ class VirtualizedMachine:
             vm.in_flight = True
             return lambda: run_guest(now)
 
-        def run_guest(now: float) -> tuple[Trace, int, dict[str, int], int] | None:
+        def run_guest(now: float) -> tuple[Trace, int, np.ndarray, int, Walked] | None:
             chunk = left.pop() if left else next_chunk(plan, report, guest, self.quantum, now)
             if chunk is None:
                 return None
-            g0 = guest.counters()
+            g0 = guest.counter_row()
             guest.st[S_REC_N] = 0
             guest.st[S_RING_N] = 0
             first_token = int(guest.st[S_TOKEN])
@@ -658,7 +658,10 @@ class VirtualizedMachine:
                 left.append(chunk.tail(done))
                 chunk = chunk.head(done)
             self.total_accesses += done  # (the loop's stop condition counts them at once)
-            return chunk, done, g0, first_token
+            # what the host pass needs of the guest alone is done here, beside another
+            # VM's pass, rather than in this turn's own pass
+            vm.mark_touched(report.pid, chunk.addresses[:done])
+            return chunk, done, g0, first_token, split_record(vm.guest)
 
         def finish(now: float, ran: Any) -> float | None:
             if vm.in_flight:
@@ -666,22 +669,20 @@ class VirtualizedMachine:
                 vm.in_flight = False
             if ran is None or isinstance(ran, float):  # ended, or waited
                 return ran
-            chunk, done, g0, first_token = ran
-            h0, all0 = host.counters(vm.host_pid), host.counters()
-            vm.mark_touched(report.pid, chunk.addresses[:done])
-            copies = self._host_pass(vm)
+            chunk, done, g0, first_token, walked = ran
+            h0, all0 = host.counter_row(vm.host_pid), host.pctr[:, _MAKING_ROOM].sum(axis=0)
+            copies = self._host_pass(vm, walked)
             if self.watch is not None:
                 self.watch.observe(now, f"a quantum of VM {vm.name}'s process {plan.name}")
             if self.check and guest.alive(report.pid) and host.alive(vm.host_pid):
                 self._check_quantum(vm, report.pid, chunk.addresses[:done],
                                     chunk.writes[:done], first_token)  # fmt: skip
-            g1, h1, all1 = guest.counters(), host.counters(vm.host_pid), host.counters()
-            gd = {k: g1[k] - g0[k] for k in g1}
-            hd = {k: h1[k] - h0[k] for k in h1}
+            gd = guest.named_counters(guest.counter_row() - g0)
+            hd = host.named_counters(host.counter_row(vm.host_pid) - h0)
             # the vCPU waits for its own faults, and for the pages the host wrote out or
             # compressed to make room for them, whichever VM they belonged to
-            for key in ("writebacks", "compressions"):
-                hd[key] = all1[key] - all0[key]
+            all1 = host.pctr[:, _MAKING_ROOM].sum(axis=0)
+            hd["writebacks"], hd["compressions"] = (int(x) for x in all1 - all0)
             took = done * ns_per_access + stall_ns(cost, gd) + self.host_stall(hd)
             took += copies * cost.share_copy_ns
             took += self.reclaimer.take_pending(vm)
@@ -726,8 +727,9 @@ class VirtualizedMachine:
                                  return_index=True)  # fmt: skip
         vm.rewrites = np.ascontiguousarray(pages[np.argsort(first)], dtype=np.int64)
 
-    def _host_pass(self, vm: VM) -> int:
-        """Translate the real pages the guest's walks read; shoot down what the host evicts.
+    def _host_pass(self, vm: VM, walked: Walked) -> int:
+        """Translate the real pages the guest's walks read (``walked``, its walk record
+        split); shoot down what the host evicts.
 
         Before it, pages the guest wrote take their new contents in the host (and shared
         ones are copied: a write breaks sharing); the real pages the guest wrote to its own
@@ -736,17 +738,11 @@ class VirtualizedMachine:
         """
         if not self.host.alive(vm.host_pid):
             return 0
-        n = int(vm.guest.st[S_REC_N])
         reclaimer = self.reclaimer
         host_m = self.host.machine
         content = vm.guest.frames.fi64
-        pages, writes = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8)
-        kinds = np.empty(n, dtype=np.uint8)
-        data_pages, written = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-        n_data, n_written = reclaim.split_record(vm.guest.record, n, pages, writes, kinds,
-                                                 data_pages, written)  # fmt: skip
-        data_pages = data_pages[:n_data]
-        copies = reclaimer.before_host_pass(vm, written[:n_written])
+        pages, writes, kinds, data_pages, written = walked
+        copies = reclaimer.before_host_pass(vm, written)
         # the guest wrote pages through its TLB, unseen by the host (as by the hardware,
         # which sets the host entry's dirty bit): the host frames take the new contents
         self.sync_contents(vm)
@@ -872,6 +868,31 @@ class VirtualizedMachine:
             "vms": vms,
             **({} if self.faults is None else {"faults": self.faults.summary()}),
         }
+
+
+#: the host's counters of the pages it wrote out and compressed (to make room)
+_MAKING_ROOM = [C_WRITEBACKS, C_COMPRESSIONS]
+
+
+class Walked(NamedTuple):
+    """A guest's walk record, split for the host pass (:func:`split_record`)."""
+
+    pages: np.ndarray  # int64: every real page the walks read, in order
+    writes: np.ndarray  # uint8: 1 where the walk wrote it
+    kinds: np.ndarray  # uint8: 1 for a page-table page, 0 for a data page
+    data_pages: np.ndarray  # int64: the data pages, in order
+    written: np.ndarray  # int64: the pages written, in order
+
+
+def split_record(guest: Kernel) -> Walked:
+    """The guest's walk record (its ``S_REC_N`` entries) split for the host pass."""
+    n = int(guest.st[S_REC_N])
+    pages, writes = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8)
+    kinds = np.empty(n, dtype=np.uint8)
+    data_pages, written = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    n_data, n_written = reclaim.split_record(guest.record, n, pages, writes, kinds, data_pages,
+                                             written)  # fmt: skip
+    return Walked(pages, writes, kinds, data_pages[:n_data], written[:n_written])
 
 
 def _ended() -> None:

@@ -919,7 +919,17 @@ class Kernel:
 
     def counters(self, pid: int | None = None) -> dict[str, int]:
         """Counters of process ``pid``, or summed over all processes."""
-        rows = self.pctr[pid] if pid is not None else self.pctr.sum(axis=0)
+        return self.named_counters(self.counter_row(pid))
+
+    def counter_row(self, pid: int | None = None) -> np.ndarray:
+        """The raw counters of process ``pid``, or summed over all processes (a copy, to
+        take from a later row: :meth:`named_counters` names the difference)."""
+        rows: np.ndarray = self.pctr[pid].copy() if pid is not None else self.pctr.sum(axis=0)
+        return rows
+
+    def named_counters(self, rows: np.ndarray) -> dict[str, int]:
+        """:meth:`counters` of raw counters ``rows`` (a :meth:`counter_row`, or the
+        difference of two)."""
         out = {name: int(rows[i]) for name, i in COUNTER_NAMES.items()}
         out["faults"] = out["minor_faults"] + out["major_faults"]
         out["swap_ins"] = out["major_faults"] - out["decompressions"]
