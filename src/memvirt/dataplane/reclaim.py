@@ -28,6 +28,8 @@ import numpy as np
 
 from .jit import inlined, kernel, prefetch2
 from .layout import (
+    C_COMPRESSIONS,
+    C_WRITEBACKS,
     F_FLAGS,
     F_NEXT,
     F_OWNER,
@@ -319,6 +321,18 @@ def mark_span(bits: np.ndarray, pages: np.ndarray, first: int) -> None:
         i = pages[k] - first
         if 0 <= i < bits.shape[0]:
             bits[i] = True
+
+
+@kernel
+def making_room(pctr: np.ndarray) -> tuple[int, int]:
+    """The pages written to swap and compressed, summed over every process of a memory's
+    counters ``pctr``: what the host did to make room, whichever VM a page belonged to."""
+    written = 0
+    compressed = 0
+    for pid in range(pctr.shape[0]):
+        written += pctr[pid, C_WRITEBACKS]
+        compressed += pctr[pid, C_COMPRESSIONS]
+    return written, compressed
 
 
 @kernel

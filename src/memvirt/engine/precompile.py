@@ -101,6 +101,7 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
         (reclaim.doubled_pages, (host_m, pid, vm.guest.ring, 0, pages)),
         (reclaim.mark_touched, (r.sample_unseen, pages)),
         (reclaim.mark_span, (np.zeros(1, dtype=bool), pages, 0)),
+        (reclaim.making_room, (machine.host.pctr,)),
         (reclaim.release_frames, (host_m, pages, 0)),
         (reclaim.balloon_inflate, (guest_m, r.balloon_pid, 0, pages)),
         (reclaim.pick_frames, (host_m, pid, 0, False, pages)),

@@ -61,8 +61,6 @@ import numpy as np
 from memvirt.config import Scenario, ScenarioError, VMConfig
 from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
-    C_COMPRESSIONS,
-    C_WRITEBACKS,
     FR_DIRTY,
     FR_TABLE,
     K_RECORD,
@@ -670,7 +668,7 @@ class VirtualizedMachine:
             if ran is None or isinstance(ran, float):  # ended, or waited
                 return ran
             chunk, done, g0, first_token, walked = ran
-            h0, all0 = host.counter_row(vm.host_pid), host.pctr[:, _MAKING_ROOM].sum(axis=0)
+            h0, room0 = host.counter_row(vm.host_pid), reclaim.making_room(host.pctr)
             copies = self._host_pass(vm, walked)
             if self.watch is not None:
                 self.watch.observe(now, f"a quantum of VM {vm.name}'s process {plan.name}")
@@ -681,8 +679,8 @@ class VirtualizedMachine:
             hd = host.named_counters(host.counter_row(vm.host_pid) - h0)
             # the vCPU waits for its own faults, and for the pages the host wrote out or
             # compressed to make room for them, whichever VM they belonged to
-            all1 = host.pctr[:, _MAKING_ROOM].sum(axis=0)
-            hd["writebacks"], hd["compressions"] = (int(x) for x in all1 - all0)
+            room1 = reclaim.making_room(host.pctr)
+            hd["writebacks"], hd["compressions"] = room1[0] - room0[0], room1[1] - room0[1]
             took = done * ns_per_access + stall_ns(cost, gd) + self.host_stall(hd)
             took += copies * cost.share_copy_ns
             took += self.reclaimer.take_pending(vm)
@@ -868,10 +866,6 @@ class VirtualizedMachine:
             "vms": vms,
             **({} if self.faults is None else {"faults": self.faults.summary()}),
         }
-
-
-#: the host's counters of the pages it wrote out and compressed (to make room)
-_MAKING_ROOM = [C_WRITEBACKS, C_COMPRESSIONS]
 
 
 class Walked(NamedTuple):
