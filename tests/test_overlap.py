@@ -149,3 +149,60 @@ def test_every_real_page_a_vm_may_have_fits_in_a_walk_record_entry() -> None:
     from memvirt.dataplane.layout import REC_PAGES
 
     assert MAX_PAGES <= REC_PAGES
+
+
+def test_a_guest_job_splits_its_walk_record_for_the_pass() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from memvirt.dataplane.layout import REC_TABLE, REC_WRITE, S_REC_N
+    from memvirt.engine.virtual import split_record
+
+    # two walks: table pages 7 and 9 (9 written: an accessed bit set), then data pages 40
+    # (read) and 41 (written); a stale entry past S_REC_N is not part of the record
+    record = np.array([7 | REC_TABLE, 9 | REC_TABLE | REC_WRITE, 40, 41 | REC_WRITE, 99],
+                      dtype=np.int32)  # fmt: skip
+    st = np.zeros(64, dtype=np.int64)
+    st[S_REC_N] = 4
+    walked = split_record(SimpleNamespace(st=st, record=record))  # type: ignore[arg-type]
+    assert walked.pages.tolist() == [7, 9, 40, 41]
+    assert walked.writes.tolist() == [0, 1, 0, 1]
+    assert walked.kinds.tolist() == [1, 1, 0, 0]
+    assert walked.data_pages.tolist() == [40, 41]
+    assert walked.written.tolist() == [9, 41]
+
+
+def test_the_pages_a_process_touched_are_marked_within_its_span_alone() -> None:
+    import numpy as np
+
+    from memvirt.dataplane import reclaim
+
+    bits = np.zeros(8, dtype=bool)
+    reclaim.mark_span(bits, np.array([100, 103, 103, 107, 99, 108], dtype=np.int64), 100)
+    assert np.flatnonzero(bits).tolist() == [0, 3, 7]  # 99 and 108 lie outside the span
+
+
+def test_counters_of_a_difference_of_rows_are_the_difference_of_counters() -> None:
+    import numpy as np
+
+    from memvirt.dataplane import reclaim
+    from memvirt.dataplane.layout import C_COMPRESSIONS, C_WRITEBACKS
+
+    machine = build(load_scenario(EXAMPLES / "two-level-nested.toml", SMALL_HOST))
+    assert isinstance(machine, VirtualizedMachine)
+    host = machine.host
+    pid = machine.vms[0].host_pid
+    before, row = host.counters(pid), host.counter_row(pid)
+    machine.run(accesses=150000)
+    after = host.counters(pid)
+    assert after["accesses"] > before["accesses"]
+    assert host.named_counters(host.counter_row(pid) - row) == {
+        k: after[k] - before[k] for k in after
+    }
+    # what the host wrote out or compressed to make room, over all its processes
+    sums = host.pctr.sum(axis=0)
+    written, compressed = int(sums[C_WRITEBACKS]), int(sums[C_COMPRESSIONS])
+    assert written > 0
+    assert reclaim.making_room(host.pctr) == (written, compressed)
+    assert np.array_equal(host.counter_row(), sums)

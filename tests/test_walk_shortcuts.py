@@ -10,6 +10,9 @@ and the TLB fill way found by the probe.
   there, with the same references counted and the same table pages recorded.
   ``K_NO_PATH_MEMO`` turns it off. So a recording kernel without the path memo is the
   reference: every array of two machines that ran the same accesses must end equal.
+  Through the path memo, a kernel with a TLB also asks the CPU ahead for the leaf entries
+  and frame rows of the accesses to come (``native.prefetch_ahead``); without it, it does
+  not: the same comparison shows that the hints change nothing.
 - On a TLB miss, the probe of a level's set also finds the way :func:`tlb_fill` would
   take in it, and the fill uses that way when nothing came between (no fault, no huge
   page). The way must be the one ``tlb_fill`` picks, for any state of the set.
