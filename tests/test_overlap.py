@@ -4,6 +4,7 @@ one VM's guest runs on a second core while another VM's host pass finishes or no
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ def cpu(log: list[str], name: str, group: str, took: float, turns: int) -> Phase
         left[0] -= 1
         return took if left[0] > 0 else None
 
-    return Phases(group, start, finish)
+    def earliest(result: Any) -> float:  # exactly what finish will return
+        return took if left[0] > 1 else math.inf
+
+    return Phases(group, start, finish, earliest)
 
 
 @pytest.mark.parametrize("threads", [False, True])
@@ -70,6 +74,41 @@ def test_a_turn_starts_before_the_one_before_it_finishes_unless_both_are_of_one_
         assert mine == ["start", "job", "finish"] * (len(mine) // 3)
 
 
+@pytest.mark.parametrize("threads", [False, True])
+def test_turns_start_in_the_order_of_their_clocks(threads: bool) -> None:
+    # a's turns take 3 ns, b's 10: a takes three turns for each of b's. A turn of b may
+    # start while a's turn before it finishes, but not before a's own next turn
+    log: list[str] = []
+    loop = EventLoop()
+    loop.threads = threads
+    loop.add("a", cpu(log, "a", "vm1", 3, 8), 0)
+    loop.add("b", cpu(log, "b", "vm2", 10, 3), 1)
+    loop.run()
+    starts = [float(line.split("@")[1]) for line in log if line.startswith("start")]
+    assert starts == sorted(starts) and len(starts) == 8 + 3
+    assert [line for line in log if not line.startswith("job")][:8] == [
+        "start a@0",
+        "start b@1",  # b comes before a's next turn (at 3 at the earliest)
+        "finish a@0",
+        "start a@3",  # before b's next turn (at 11)
+        "finish b@1",
+        "finish a@3",  # a's next turn (at 6) comes before b's (at 11): nothing starts early
+        "start a@6",
+        "finish a@6",
+    ]
+    # a CPU without a bound on its turns lets no turn start before it finishes (b's turn
+    # waits for a's to finish; a's second turn may start before b's finishes)
+    log.clear()
+    loop = EventLoop()
+    plain_a = cpu(log, "a", "vm1", 3, 2)
+    loop.add("a", Phases("vm1", plain_a.start, plain_a.finish), 0)
+    loop.add("b", cpu(log, "b", "vm2", 10, 1), 1)
+    loop.run()
+    assert [line for line in log if not line.startswith("job")] == [
+        "start a@0", "finish a@0", "start b@1", "start a@3", "finish b@1", "finish a@3",
+    ]  # fmt: skip
+
+
 def test_a_plain_turn_waits_for_the_turn_before_it_to_finish() -> None:
     log: list[str] = []
     loop = EventLoop()
@@ -96,7 +135,7 @@ def test_a_failing_finish_waits_for_the_job_in_flight() -> None:
     def finish(now: float, result: Any) -> float | None:
         raise RuntimeError("the host pass failed")
 
-    loop.add("a", Phases("vm1", lambda now: lambda: "a", finish), 0)
+    loop.add("a", Phases("vm1", lambda now: lambda: "a", finish, lambda result: 10.0), 0)
     loop.add("b", cpu(log, "b", "vm2", 10, 1), 1)
     with pytest.raises(RuntimeError, match="host pass failed"):
         loop.run()

@@ -127,6 +127,30 @@ def leaf_entry(m: Machine, pid: int, vpn: int) -> tuple[int, int]:
 
 
 @kernel
+def walk_depth(m: Machine, pid: int, npages: int) -> int:
+    """The fewest entries a walk of ``pid``'s table reads for any of its pages
+    ``0 .. npages``: down to the last level, to a huge page's entry, or to the first entry
+    not present (as ``run_batch`` counts a walk's references). Pages under one leaf table
+    share the entries above it, so one walk a leaf table's span is looked at. Table pages
+    stay until their process ends, so the depth only grows while it lives."""
+    levels = m.cfg[K_LEVELS]
+    root = m.proc[pid, P_ROOT]
+    if root < 0:
+        return 0
+    depth = levels
+    span = 1 << m.shifts[levels - 2] if levels > 1 else npages
+    for first in range(0, npages, span):
+        t = root
+        for lvl in range(levels - 1):
+            e = m.tables[t, (first >> m.shifts[lvl]) & m.masks[lvl]]
+            if (e & PTE_PRESENT) == 0 or (e & PTE_HUGE) != 0:
+                depth = min(depth, lvl + 1)
+                break
+            t = m.fi64[e >> PTE_SHIFT, G_VPN]
+    return depth
+
+
+@kernel
 def entry_frame(m: Machine, e: int, vpn: int) -> int:
     """The frame that a present leaf entry ``e`` maps ``vpn`` to (within a huge page, the
     base frame plus the page's offset in it)."""

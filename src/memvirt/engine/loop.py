@@ -15,12 +15,17 @@ A CPU may also take its turn in two parts (:class:`Phases`): a part that
 touches only the CPU's own state (a VM's guest running its quantum) and a
 part that touches what CPUs share (the hypervisor's pass over that
 quantum). Turns keep their order, but the first part of one turn may run
-while the second part of the turn before it is still running, unless both
-turns are of one group (one VM): the loop starts a turn before the one
-before it has been charged its time. With ``threads``, the two run at once
-on two cores; without, one after the other. The two parts must not touch
-the same state (the CPU defers what it would do to a group with a turn in
-flight), so a run gives the same results either way.
+while the second part of the turn before it is still running: the loop
+starts a turn before the one before it has been charged its time. It does
+so only when both turns are of different groups (VMs), and when the next
+turn comes no later than the earliest time the turn before it can end
+(its ``earliest`` bound, known once its first part has run): otherwise
+that CPU's own next turn might come first, and the loop finishes the turn
+before, then looks again. So turns start in the order of their clocks.
+With ``threads``, the two parts run at once on two cores; without, one
+after the other. The two parts must not touch the same state (the CPU
+defers what it would do to a group with a turn in flight), so a run gives
+the same results either way.
 """
 
 from __future__ import annotations
@@ -42,11 +47,14 @@ class Phases:
     (a job that touches only the CPU's own state, and returns what ``finish`` needs);
     ``finish(now, result)``, called in event order too, does the rest and returns the time
     the turn took (ns), or None when the CPU has nothing more to run. Turns of one
-    ``group`` never overlap."""
+    ``group`` never overlap. ``earliest(result)`` is a lower bound of what ``finish`` will
+    return (``math.inf`` for None): another CPU's turn starts before this one finishes
+    only when it comes no later than the bound. Without it, none does."""
 
     group: Hashable
     start: Callable[[float], Callable[[], Any]]
     finish: Callable[[float, Any], float | None]
+    earliest: Callable[[Any], float] | None = None
 
 
 @dataclass(order=True)
@@ -109,9 +117,8 @@ class EventLoop:
                     self.now = until_ns
                 break
             turn = entry.turn
-            if self._pending is not None and (
-                not isinstance(turn, Phases) or _group(self._pending[0]) == turn.group
-            ):  # this turn waits for the one before it, which may come back before it
+            if self._pending is not None and not self._may_start(entry):
+                # this turn waits for the one before it, which may come back before it
                 self._finish(progress)
                 continue
             heapq.heappop(self._heap)
@@ -142,6 +149,20 @@ class EventLoop:
                 result = job()
             self._pending = (entry, result)
         return self.now
+
+    def _may_start(self, entry: _Entry) -> bool:
+        """Whether ``entry``'s turn may start before the pending turn finishes: it is a
+        two-part turn of another group, and it comes before the pending CPU's next turn
+        whatever the pending turn's finish charges (no later than its lower bound: on a
+        tie, ``entry`` was queued first)."""
+        assert self._pending is not None
+        before, result = self._pending
+        turn, pending = entry.turn, before.turn
+        if not isinstance(turn, Phases) or not isinstance(pending, Phases):
+            return False
+        if turn.group == pending.group or pending.earliest is None:
+            return False
+        return entry.time <= before.time + pending.earliest(result)
 
     def _finish(self, progress: Callable[[float], None] | None) -> None:
         """The second part of the turn whose first part ran."""
@@ -184,8 +205,3 @@ class EventLoop:
 
         until = None if seconds is None else seconds * 1e9
         return self.run(until, stop, None if progress is None else report)
-
-
-def _group(entry: _Entry) -> Hashable:
-    turn = entry.turn
-    return turn.group if isinstance(turn, Phases) else None

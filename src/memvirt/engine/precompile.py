@@ -102,6 +102,7 @@ def calls(machine: VirtualizedMachine) -> list[tuple[Callable[..., Any], tuple[A
         (reclaim.mark_touched, (r.sample_unseen, pages)),
         (reclaim.mark_span, (np.zeros(1, dtype=bool), pages, 0)),
         (reclaim.making_room, (machine.host.pctr,)),
+        (reclaim.walk_depth, (host_m, pid, 1)),
         (reclaim.release_frames, (host_m, pages, 0)),
         (reclaim.balloon_inflate, (guest_m, r.balloon_pid, 0, pages)),
         (reclaim.pick_frames, (host_m, pid, 0, False, pages)),

@@ -52,6 +52,7 @@ threads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -173,6 +174,8 @@ class VM:
     deferred_all: bool = False
     #: real pages of ``deferred`` the guest wrote meanwhile: its next pass writes them again
     rewrites: np.ndarray = field(default_factory=lambda: _NO_PAGES)
+    #: the fewest host entries a walk of one of its real pages reads (see host_walk_depth)
+    host_walk_depth: int = 0
 
     def mark_touched(self, pid: int, vpns: np.ndarray) -> None:
         """Note the pages a process touched (the true active set, for comparison with the
@@ -641,7 +644,7 @@ class VirtualizedMachine:
             vm.in_flight = True
             return lambda: run_guest(now)
 
-        def run_guest(now: float) -> tuple[Trace, int, np.ndarray, int, Walked] | None:
+        def run_guest(now: float) -> tuple[Trace, int, dict[str, int], int, Walked] | None:
             chunk = left.pop() if left else next_chunk(plan, report, guest, self.quantum, now)
             if chunk is None:
                 return None
@@ -659,7 +662,8 @@ class VirtualizedMachine:
             # what the host pass needs of the guest alone is done here, beside another
             # VM's pass, rather than in this turn's own pass
             vm.mark_touched(report.pid, chunk.addresses[:done])
-            return chunk, done, g0, first_token, split_record(vm.guest)
+            gd = guest.named_counters(guest.counter_row() - g0)  # (no host pass changes them)
+            return chunk, done, gd, first_token, split_record(vm.guest)
 
         def finish(now: float, ran: Any) -> float | None:
             if vm.in_flight:
@@ -667,7 +671,7 @@ class VirtualizedMachine:
                 vm.in_flight = False
             if ran is None or isinstance(ran, float):  # ended, or waited
                 return ran
-            chunk, done, g0, first_token, walked = ran
+            chunk, done, gd, first_token, walked = ran
             h0, room0 = host.counter_row(vm.host_pid), reclaim.making_room(host.pctr)
             copies = self._host_pass(vm, walked)
             if self.watch is not None:
@@ -675,13 +679,12 @@ class VirtualizedMachine:
             if self.check and guest.alive(report.pid) and host.alive(vm.host_pid):
                 self._check_quantum(vm, report.pid, chunk.addresses[:done],
                                     chunk.writes[:done], first_token)  # fmt: skip
-            gd = guest.named_counters(guest.counter_row() - g0)
             hd = host.named_counters(host.counter_row(vm.host_pid) - h0)
             # the vCPU waits for its own faults, and for the pages the host wrote out or
             # compressed to make room for them, whichever VM they belonged to
             room1 = reclaim.making_room(host.pctr)
             hd["writebacks"], hd["compressions"] = room1[0] - room0[0], room1[1] - room0[1]
-            took = done * ns_per_access + stall_ns(cost, gd) + self.host_stall(hd)
+            took = own_time(done, gd) + self.host_stall(hd)
             took += copies * cost.share_copy_ns
             took += self.reclaimer.take_pending(vm)
             vm.guest_refs += gd["walk_memory_references"]
@@ -689,14 +692,43 @@ class VirtualizedMachine:
                 vm.host_refs += hd["walk_memory_references"]
                 took += hd["walk_memory_references"] * cost.memory_reference_ns
             else:
-                # every guest page-table write traps so the shadow table follows it
-                exits = gd["minor_faults"] + gd["major_faults"] + gd["evictions"]
+                exits = vm_exits(gd)
                 vm.vm_exits += exits
                 took += exits * cost.vm_exit_ns
             note_vm_stopped()  # (by the host, during its pass or another VM's)
             return settle(report, guest, now, took, done, len(chunk))
 
-        return Phases(vm.name, start, finish)
+        def own_time(done: int, gd: dict[str, int]) -> float:
+            """The time of the guest's own accesses and stalls: finish adds the host's."""
+            return done * ns_per_access + stall_ns(cost, gd)
+
+        def earliest(ran: Any) -> float:  # the least that finish can return
+            if ran is None:  # the process has ended: its vCPU goes on at once
+                return 0.0
+            if isinstance(ran, float):  # waited that long
+                return float(ran)
+            chunk, done, gd, _, walked = ran
+            if done < len(chunk):  # the process died: its vCPU goes on at once
+                return 0.0
+            # finish adds stalls to this, each one 0 or more: the pass's walks at least
+            least = own_time(done, gd)
+            if self.paging == "nested":
+                if host.alive(vm.host_pid):  # (else the pass is skipped)
+                    walks = walked.data_pages.size if self.walk_caches else walked.pages.size
+                    least += walks * self.host_walk_depth(vm) * cost.memory_reference_ns
+            else:
+                least += vm_exits(gd) * cost.vm_exit_ns
+            return least
+
+        return Phases(vm.name, start, finish, earliest)
+
+    def host_walk_depth(self, vm: VM) -> int:
+        """The fewest host table entries a walk of one of ``vm``'s real pages reads now
+        (and from now on: it only grows, and is kept once it is the host's levels)."""
+        if vm.host_walk_depth < self.host.geometry.levels:
+            host_m = self.host.machine
+            vm.host_walk_depth = int(reclaim.walk_depth(host_m, vm.host_pid, vm.real_pages))
+        return vm.host_walk_depth
 
     def _settle_deferred(self, vm: VM) -> None:
         """Before ``vm``'s host pass: the evictions of its real pages that other VMs' passes
@@ -868,6 +900,12 @@ class VirtualizedMachine:
         }
 
 
+def vm_exits(gd: dict[str, int]) -> int:
+    """Shadow paging: the VM exits of a quantum whose guest counters changed by ``gd``
+    (every guest page-table write traps so that the shadow table follows it)."""
+    return gd["minor_faults"] + gd["major_faults"] + gd["evictions"]
+
+
 class Walked(NamedTuple):
     """A guest's walk record, split for the host pass (:func:`split_record`)."""
 
@@ -929,4 +967,14 @@ def _vcpu(queue: list[tuple[float, Phases]], machine: VirtualizedMachine, group:
         turn_index[0] += 1
         return float(took)
 
-    return Phases(group, start, finish)
+    def earliest(ran: tuple[str, Any, Any]) -> float:
+        what, item, result = ran
+        if what == "stopped":
+            return math.inf
+        if what == "idle":
+            return float(item)
+        earliest_of_process = item[1].earliest
+        assert earliest_of_process is not None
+        return float(earliest_of_process(result))
+
+    return Phases(group, start, finish, earliest)
