@@ -757,9 +757,10 @@ class VirtualizedMachine:
                                  return_index=True)  # fmt: skip
         vm.rewrites = np.ascontiguousarray(pages[np.argsort(first)], dtype=np.int64)
 
-    def _host_pass(self, vm: VM, walked: Walked) -> int:
+    def _host_pass(self, vm: VM, walked: Walked | None = None) -> int:
         """Translate the real pages the guest's walks read (``walked``, its walk record
-        split); shoot down what the host evicts.
+        split, as the guest's job splits it; by default split here); shoot down what the
+        host evicts.
 
         Before it, pages the guest wrote take their new contents in the host (and shared
         ones are copied: a write breaks sharing); the real pages the guest wrote to its own
@@ -771,7 +772,7 @@ class VirtualizedMachine:
         reclaimer = self.reclaimer
         host_m = self.host.machine
         content = vm.guest.frames.fi64
-        pages, writes, kinds, data_pages, written = walked
+        pages, writes, kinds, data_pages, written = walked or split_record(vm.guest)
         copies = reclaimer.before_host_pass(vm, written)
         # the guest wrote pages through its TLB, unseen by the host (as by the hardware,
         # which sets the host entry's dirty bit): the host frames take the new contents
