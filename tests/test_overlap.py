@@ -245,3 +245,32 @@ def test_counters_of_a_difference_of_rows_are_the_difference_of_counters() -> No
     assert written > 0
     assert reclaim.making_room(host.pctr) == (written, compressed)
     assert np.array_equal(host.counter_row(), sums)
+
+
+def test_the_walk_depth_is_the_fewest_entries_a_walk_of_the_pages_reads() -> None:
+    import numpy as np
+
+    from memvirt.dataplane import reclaim
+    from memvirt.kernel.kernel import Kernel, KernelConfig, Region
+    from memvirt.units import KiB, PageGeometry
+
+    page = 4 * KiB
+    k = Kernel(KernelConfig(frames=4096, tlb=None, geometry=PageGeometry.x86_64(levels=4)))
+    pid = k.spawn([Region(0, 1024 * page)])  # two leaf tables' spans (512 pages each)
+
+    def depth() -> int:
+        return int(reclaim.walk_depth(k.machine, pid, 1024))
+
+    def walk(vpn: int) -> int:  # the references run_batch counts for a read of vpn
+        before = k.counters(pid)["walk_memory_references"]
+        k.run(pid, np.array([vpn], dtype=np.int64), np.zeros(1, dtype=np.uint8),
+              page_numbers=True)  # fmt: skip
+        return k.counters(pid)["walk_memory_references"] - before
+
+    assert depth() == 1  # nothing mapped: a walk reads the root's entry and stops
+    assert walk(0) == 1  # (the fault builds the path to page 0)
+    # the second leaf table's span shares the upper tables, but its leaf table is missing
+    assert depth() == 3
+    assert walk(600) == 3  # (its fault builds the leaf table)
+    assert depth() == 4
+    assert walk(700) == 4 and walk(5) == 4
