@@ -42,7 +42,10 @@ quantum is not seen; quanta are kept short for that reason.
 
 A quantum is a turn in two parts (:class:`~memvirt.engine.loop.Phases`): the
 guest's run, then the host pass and the accounting. Another VM's guest may
-run while this VM's pass finishes, on a second core: what the pass does to
+run while this VM's pass finishes, on a second core, when its quantum begins
+before this VM's next one can (the turn's ``earliest`` bound: the guest's own
+time and stalls, and the pass's walks at the fewest host levels they read;
+see :meth:`VirtualizedMachine.host_walk_depth`): what the pass does to
 that VM (shootdowns, its pages' swap copies) waits for that VM's own pass
 (``VM.deferred``), and the pages that VM wrote meanwhile through
 translations it still held are written again in its pass, as such a write
@@ -772,7 +775,9 @@ class VirtualizedMachine:
         reclaimer = self.reclaimer
         host_m = self.host.machine
         content = vm.guest.frames.fi64
-        pages, writes, kinds, data_pages, written = walked or split_record(vm.guest)
+        if walked is None:
+            walked = split_record(vm.guest)
+        pages, writes, kinds, data_pages, written = walked
         copies = reclaimer.before_host_pass(vm, written)
         # the guest wrote pages through its TLB, unseen by the host (as by the hardware,
         # which sets the host entry's dirty bit): the host frames take the new contents
