@@ -71,8 +71,6 @@ from memvirt.dataplane.layout import (
     K_RING,
     K_SYNC,
     N_RING,
-    REC_PAGE,
-    REC_WRITE,
     RING_OWNER,
     RING_VPN,
     S_REC_N,
@@ -392,8 +390,8 @@ class VirtualizedMachine:
             guest.st[S_REC_N] = 0
             chunk = vpns[start : start + step]
             guest.run(vm.os_pid, chunk, np.zeros(chunk.size, dtype=np.uint8), page_numbers=True)
-            record = guest.record[: int(guest.st[S_REC_N])].astype(np.int64)
-            self.host_touch(vm, record & REC_PAGE, (record & REC_WRITE != 0).astype(np.uint8))
+            walked = split_record(guest)
+            self.host_touch(vm, walked.pages, walked.writes)
         guest.st[S_REC_N] = 0
         frames = np.array([reclaim.frame_of(guest.machine, vm.os_pid, int(v)) for v in vpns])
         tokens, _ = assign(gc.content, np.arange(n), vm_seed=seed * 1_000_003 + vm.index,

@@ -45,22 +45,19 @@ class Trace:
 
     def head(self, count: int) -> Trace:
         """The first ``count`` accesses."""
-        return Trace(
-            self.addresses[:count],
-            self.writes[:count],
-            page_numbers=self.page_numbers,
-            source=self.source,
-            fetches=None if self.fetches is None else self.fetches[:count],
-        )
+        return self._part(slice(None, count))
 
     def tail(self, start: int) -> Trace:
         """The accesses from access ``start`` on."""
+        return self._part(slice(start, None))
+
+    def _part(self, part: slice) -> Trace:
         return Trace(
-            self.addresses[start:],
-            self.writes[start:],
+            self.addresses[part],
+            self.writes[part],
             page_numbers=self.page_numbers,
             source=self.source,
-            fetches=None if self.fetches is None else self.fetches[start:],
+            fetches=None if self.fetches is None else self.fetches[part],
         )
 
     @property
