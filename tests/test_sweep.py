@@ -49,6 +49,7 @@ from memvirt.sweep.cli import register
 from memvirt.sweep.report import panel_stem
 from memvirt.sweep.runner import Runner, SerialExecutor, dask_runner
 from memvirt.sweep.spec import METRIC_NAMES, toml_value
+from memvirt.workloads.ahead import ONE_THREAD, cores, one_thread, usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -345,6 +346,39 @@ def test_a_runs_summary_is_the_same_in_process_in_a_pool_and_on_dask(sweep_file:
     expected = json.dumps(direct, sort_keys=True)
     for name, got in results.items():
         assert json.dumps(got, sort_keys=True) == expected, name
+
+
+def _cores_seen(task: RunTask) -> Outcome:
+    """A run that reports how many CPUs a run started there would use."""
+    return Outcome(task.key, {"cores": cores()}, None, 0.0)
+
+
+def test_one_thread_keeps_the_runs_inside_to_one_thread_and_leaves_the_environment() -> None:
+    assert ONE_THREAD not in os.environ  # (the tests run without it)
+    assert cores() == usable_cpus()
+    with one_thread():
+        assert cores() == 1
+        assert ONE_THREAD not in os.environ
+    assert cores() == usable_cpus()
+
+
+def test_a_dask_workers_runs_keep_to_one_thread(sweep_file: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    tasks = tasks_of(plan_sweep(load_sweep(sweep_file)))[:2]
+    outcomes: list[Outcome] = []
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        runner_ = dask_runner(cluster.scheduler_address)
+        try:
+            run_tasks(runner_, tasks, outcomes.append, fn=_cores_seen)
+        finally:
+            runner_.close()
+    assert [o.summary for o in outcomes] == [{"cores": 1}] * 2
+    assert ONE_THREAD not in os.environ
+    serial_outcomes: list[Outcome] = []
+    run_tasks(serial(), tasks, serial_outcomes.append, fn=_cores_seen)
+    assert [o.summary for o in serial_outcomes] == [{"cores": usable_cpus()}] * 2
 
 
 def test_the_command_runs_on_a_dask_cluster_through_the_same_path(

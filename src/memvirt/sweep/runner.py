@@ -10,6 +10,11 @@ them: each place is a :class:`concurrent.futures.Executor` —
 - dask.distributed's ``ClientExecutor``: the workers of an existing Dask
   cluster (``--scheduler tcp://HOST:PORT``).
 
+Each run keeps to one thread on a pool's or a cluster's worker (the workers
+already keep every core busy): a local worker sets ``MEMVIRT_ONE_THREAD``,
+and a Dask task runs inside :func:`memvirt.workloads.ahead.one_thread`,
+which leaves the worker's environment alone.
+
 Each gets the same callable, :func:`execute`, and a :class:`RunTask` of plain
 data — the base scenario's text, the run's ``--set`` overrides (its seed
 among them) — so that it pickles to another process or machine; it returns an
@@ -40,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memvirt.sweep.spec import PlannedRun, SweepError, SweepPlan
-from memvirt.workloads.ahead import ONE_THREAD, usable_cpus
+from memvirt.workloads.ahead import ONE_THREAD, one_thread, usable_cpus
 
 if TYPE_CHECKING:
     from memvirt.sweep.catalog import Catalog
@@ -203,6 +208,28 @@ def _start_worker() -> None:
     os.environ[ONE_THREAD] = "1"
 
 
+def in_one_thread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, whose runs keep to one thread (:func:`memvirt.workloads.ahead.
+    one_thread`)."""
+    with one_thread():
+        return fn(*args, **kwargs)
+
+
+class OneThreadExecutor(cf.Executor):
+    """``inner``, each of whose calls keeps to one thread: a Dask worker already runs as
+    many tasks at once as it has threads, and a run's second thread would compete with
+    them (as with the local pool's workers, which set ``MEMVIRT_ONE_THREAD``)."""
+
+    def __init__(self, inner: cf.Executor) -> None:
+        self.inner = inner
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        return self.inner.submit(in_one_thread, fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.inner.shutdown(wait=wait)
+
+
 def dask_runner(address: str, *, timeout: float = 10.0) -> Runner:
     """The workers of the Dask cluster whose scheduler is at ``address``."""
     try:
@@ -231,7 +258,7 @@ def dask_runner(address: str, *, timeout: float = 10.0) -> Runner:
     # a cluster may grow after the start: keep enough in flight for a few more workers
     slots = max(16, 4 * threads)
     return Runner(
-        client.get_executor(pure=False),
+        OneThreadExecutor(client.get_executor(pure=False)),
         slots,
         f"on the Dask cluster at {address} ({threads} worker threads)",
         client,

@@ -19,9 +19,12 @@ worker of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -57,6 +60,20 @@ def _draw(stream: Stream, n: int) -> tuple[np.ndarray, np.ndarray]:
 #: they already keep every core busy. The results are the same either way.
 ONE_THREAD = "MEMVIRT_ONE_THREAD"
 
+_one_thread_here: ContextVar[bool] = ContextVar("memvirt_one_thread", default=False)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Runs started inside keep to one thread, as under ``MEMVIRT_ONE_THREAD``, but without
+    touching the process's environment: a Dask worker runs a sweep's runs in threads of its
+    own, several at once, and other tasks besides."""
+    token = _one_thread_here.set(True)
+    try:
+        yield
+    finally:
+        _one_thread_here.reset(token)
+
 
 def usable_cpus() -> int:
     """CPUs this process may run on."""
@@ -67,8 +84,9 @@ def usable_cpus() -> int:
 
 
 def cores() -> int:
-    """CPUs a run may use: :func:`usable_cpus`, or 1 when ``MEMVIRT_ONE_THREAD`` is set."""
-    return 1 if os.environ.get(ONE_THREAD) else usable_cpus()
+    """CPUs a run may use: :func:`usable_cpus`, or 1 when ``MEMVIRT_ONE_THREAD`` is set or
+    inside :func:`one_thread`."""
+    return 1 if os.environ.get(ONE_THREAD) or _one_thread_here.get() else usable_cpus()
 
 
 class AheadStream:
