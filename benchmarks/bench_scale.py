@@ -129,12 +129,17 @@ def native_scenario(host_gib: float, *, overcommit: float = 1.0, seed: int = 1) 
 def state_bytes(machine: NativeMachine | VirtualizedMachine) -> tuple[int, int, int]:
     """Bytes of the arrays that hold the simulated machine, those of the swap devices,
     and the simulated pages they describe (host frames plus the VMs' real pages). The
-    kernels' arrays, and each VM's marks for the settling after a host pass."""
+    kernels' arrays; and per VM, its marks for the settling after a host pass, the pages
+    its processes touched (the true active set), the hypervisor's sample of its pages
+    and its page-walk cache."""
     total = swap = 0
     if isinstance(machine, VirtualizedMachine):
         kernels = [machine.host, *(vm.guest for vm in machine.vms)]
         pages = machine.host.config.frames + sum(vm.real_pages for vm in machine.vms)
-        total += sum(vm.settle_marks.nbytes for vm in machine.vms)
+        for vm in machine.vms:
+            total += vm.settle_marks.nbytes + vm.walk_cache.nbytes + vm.walk_cache_stamps.nbytes
+            total += sum(bits.nbytes for _, bits in vm.touched.values())
+        total += sum(r.sample_unseen.nbytes for r in machine.reclaimer.vms)
     else:
         kernels = [machine.kernel]
         pages = machine.kernel.config.frames
