@@ -95,7 +95,10 @@ def test_one_thread_when_asked_and_in_a_sweeps_workers(monkeypatch: pytest.Monke
     from memvirt.sweep import runner
 
     monkeypatch.setattr(ahead.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.delenv(ahead.ONE_THREAD, raising=False)
+    # (set, then removed: so that what the worker sets below is removed after the test,
+    # not left to the tests that follow)
+    monkeypatch.setenv(ahead.ONE_THREAD, "1")
+    monkeypatch.delenv(ahead.ONE_THREAD)
     assert ahead.cores() == 2
     # a sweep's local worker keeps to one thread: the workers keep the cores busy
     monkeypatch.setattr(runner.signal, "signal", lambda *args: None)

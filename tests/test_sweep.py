@@ -353,8 +353,10 @@ def _cores_seen(task: RunTask) -> Outcome:
     return Outcome(task.key, {"cores": cores()}, None, 0.0)
 
 
-def test_one_thread_keeps_the_runs_inside_to_one_thread_and_leaves_the_environment() -> None:
-    assert ONE_THREAD not in os.environ  # (the tests run without it)
+def test_one_thread_keeps_the_runs_inside_to_one_thread_and_leaves_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ONE_THREAD, raising=False)
     assert cores() == usable_cpus()
     with one_thread():
         assert cores() == 1
@@ -362,8 +364,11 @@ def test_one_thread_keeps_the_runs_inside_to_one_thread_and_leaves_the_environme
     assert cores() == usable_cpus()
 
 
-def test_a_dask_workers_runs_keep_to_one_thread(sweep_file: Path) -> None:
+def test_a_dask_workers_runs_keep_to_one_thread(
+    sweep_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     distributed = pytest.importorskip("distributed")
+    monkeypatch.delenv(ONE_THREAD, raising=False)
     tasks = tasks_of(plan_sweep(load_sweep(sweep_file)))[:2]
     outcomes: list[Outcome] = []
     with distributed.LocalCluster(
