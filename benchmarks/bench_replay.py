@@ -35,8 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -101,10 +102,11 @@ def cached_trace(args: argparse.Namespace) -> tuple[np.ndarray, Path, Path, dict
         t = time.perf_counter()
         pages = zipf_pages(args.accesses, args.pages, args.alpha, args.seed)
         info["generate_seconds"] = time.perf_counter() - t
-        for path, write in (
+        writers: list[tuple[Path, Callable[[BinaryIO], None]]] = [
             (raw, lambda f: pages.astype("<u8").tofile(f)),
             (npy, lambda f: np.save(f, pages)),
-        ):
+        ]
+        for path, write in writers:
             tmp = path.with_suffix(path.suffix + ".tmp")
             with open(tmp, "wb") as f:
                 write(f)

@@ -49,7 +49,7 @@ def timed_parts(machine: VirtualizedMachine) -> dict[str, float]:
         spent["host" if m.cfg is host_cfg else "guest"] += time.perf_counter() - t
         return out
 
-    native.run_batch = batch  # the kernel calls it through the module
+    native.run_batch = batch  # type: ignore[assignment]  # (the kernel calls it through the module)
 
     def timer(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
@@ -60,9 +60,9 @@ def timed_parts(machine: VirtualizedMachine) -> dict[str, float]:
 
         return call
 
-    machine.sync_contents = timer("sync", machine.sync_contents)
-    machine._settle_pass = timer("settle", machine._settle_pass)
-    machine._host_pass = timer("pass", machine._host_pass)
+    machine.sync_contents = timer("sync", machine.sync_contents)  # type: ignore[method-assign]
+    machine._settle_pass = timer("settle", machine._settle_pass)  # type: ignore[method-assign]
+    machine._host_pass = timer("pass", machine._host_pass)  # type: ignore[method-assign]
     return spent
 
 
@@ -110,6 +110,7 @@ def main() -> None:
         if args.parts:
             parts.append([1e9 * p / machine.total_accesses for p in split(spent, seconds)])
     native.run_batch = RUN_BATCH
+    assert isinstance(machine, VirtualizedMachine)
     host = machine.host.counters()
     print(f"{args.paging} paging, {args.accesses:,} accesses, 2 VMs, overcommit 1.5x")
     print(f"accesses/s (median of {args.repeat}): {statistics.median(rates) / 1e6:.2f} M"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -94,14 +95,14 @@ def test_one_thread_when_asked_and_in_a_sweeps_workers(monkeypatch: pytest.Monke
     from memvirt.engine.virtual import VirtualizedMachine
     from memvirt.sweep import runner
 
-    monkeypatch.setattr(ahead.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     # (set, then removed: so that what the worker sets below is removed after the test,
     # not left to the tests that follow)
     monkeypatch.setenv(ahead.ONE_THREAD, "1")
     monkeypatch.delenv(ahead.ONE_THREAD)
     assert ahead.cores() == 2
     # a sweep's local worker keeps to one thread: the workers keep the cores busy
-    monkeypatch.setattr(runner.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
     runner._start_worker()
     assert os.environ[ahead.ONE_THREAD] == "1"
     assert ahead.cores() == 1

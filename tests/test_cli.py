@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -19,10 +20,10 @@ BELADY = ROOT / "examples" / "traces" / "belady.txt"
 runner = CliRunner()
 
 
-def replay_json(*args: str) -> dict[str, object]:
+def replay_json(*args: str) -> dict[str, Any]:
     result = runner.invoke(app, ["replay", *args, "--json"])
     assert result.exit_code == 0, result.output
-    out: dict[str, object] = json.loads(result.stdout)
+    out: dict[str, Any] = json.loads(result.stdout)
     return out
 
 
@@ -57,8 +58,8 @@ def test_replay_json_has_every_documented_key() -> None:
         "seconds",
     ):
         assert key in out, key
-    assert out["faults"] == out["minor_faults"] + out["major_faults"]  # type: ignore[operator]
-    assert out["tlb_hits"] + out["tlb_misses"] == out["accesses"]  # type: ignore[operator]
+    assert out["faults"] == out["minor_faults"] + out["major_faults"]
+    assert out["tlb_hits"] + out["tlb_misses"] == out["accesses"]
 
 
 def test_replay_without_tlb_walks_on_every_access() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from memvirt.config import (
     DEFAULT_BASE,
@@ -708,11 +708,11 @@ def test_with_overrides_reapplies_the_file_as_written() -> None:
 def test_a_scenario_is_frozen_all_the_way_down() -> None:
     s = scenario_from_dict(VIRTUAL)
     with pytest.raises(ValidationError, match="frozen"):
-        s.run = s.run  # type: ignore[misc]
+        s.run = s.run
     with pytest.raises(ValidationError, match="frozen"):
-        s.host.memory = 1  # type: ignore[misc]
+        s.host.memory = 1
     with pytest.raises(ValidationError, match="frozen"):
-        s.vms[0].guest.policy = "fifo"  # type: ignore[misc]
+        s.vms[0].guest.policy = "fifo"
     assert isinstance(s.vms, tuple)
 
 
@@ -775,7 +775,7 @@ def test_the_docs_describe_every_key() -> None:
     from memvirt import config
 
     text = DOC.read_text()
-    models = [
+    models: list[type[BaseModel]] = [
         config.HostConfig,
         config.SwapConfig,
         config.TLBSettings,

@@ -230,7 +230,7 @@ def test_fractions_above_one_are_refused_with_their_sum() -> None:
 )
 def test_a_bad_model_is_refused_naming_the_field(kwargs: dict[str, float], expected: str) -> None:
     with pytest.raises(ValidationError, match=expected):
-        ContentModel(**kwargs)  # type: ignore[arg-type]
+        ContentModel(**kwargs)
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def run_example(name: str, order: str, settings: list[str]) -> str:
     seconds = machine.run(seconds=scenario.run.seconds, accesses=scenario.run.accesses)
     summary = machine.summary(seconds)
     frame = machine.reclaimer.frame()
-    return json.dumps(summary, sort_keys=True) + frame.to_json()
+    return json.dumps(summary, sort_keys=True) + str(frame.to_json())
 
 
 SMALL_HOST = ["host.memory=48MiB", "run.quantum_accesses=3000", "run.accesses=150000"]

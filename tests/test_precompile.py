@@ -89,7 +89,7 @@ def test_the_second_process_is_started_once_and_one_at_a_time(
         def wait(self, timeout: float) -> int:
             return 0
 
-    monkeypatch.setattr(precompile.subprocess, "Popen", Launcher)
+    monkeypatch.setattr(subprocess, "Popen", Launcher)
     assert precompile.start() is True and lock.exists()
     assert launched[0][-2:] == ["-m", "memvirt.engine.precompile"]
     assert precompile.start() is False  # once per process
@@ -128,7 +128,7 @@ def test_a_launcher_that_hangs_is_killed_and_gives_the_lock_back(
         def kill(self) -> None:
             killed.append(True)
 
-    monkeypatch.setattr(precompile.subprocess, "Popen", Hanging)
+    monkeypatch.setattr(subprocess, "Popen", Hanging)
     assert precompile.start() is False
     assert killed == [True] and not cold.exists()
 

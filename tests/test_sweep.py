@@ -789,7 +789,7 @@ def test_a_new_catalog_appears_whole_under_its_name(
         renamed.append((Path(src), Path(dst)))
         replace(src, dst)
 
-    monkeypatch.setattr(catalog_module.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     with catalog_module.Catalog.open(tmp_path / "a", create=True) as cat:
         assert cat.meta()["schema_version"] == catalog_module.SCHEMA_VERSION
     assert [dst.name for _, dst in renamed] == [catalog_module.CATALOG]
@@ -798,7 +798,7 @@ def test_a_new_catalog_appears_whole_under_its_name(
     def fail(src: Path, dst: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(catalog_module.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(SweepError, match="cannot make the sweep catalog"):
         catalog_module.Catalog.open(tmp_path / "b", create=True)
     assert list((tmp_path / "b").iterdir()) == []

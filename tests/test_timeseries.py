@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from typing import Any
 
 import pandas as pd
 from hypothesis import given, settings
@@ -41,7 +42,7 @@ def test_the_frame_equals_the_one_a_list_of_rows_makes(data: list[dict[str, obje
     pd.testing.assert_frame_equal(series.frame(), pd.DataFrame(data, columns=list(COLUMNS)))
 
 
-VMS = {
+VMS: dict[str, Any] = {
     "host": {"memory": "8MiB"},
     "hypervisor": {"control_period": 0.01, "host_swap": {"size": "16MiB"}},
     "vms": [

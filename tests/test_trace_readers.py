@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import runpy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
-def error_of(path: Path | str, **kwargs: bool) -> str:
+def error_of(path: Path | str, **kwargs: Any) -> str:
     with pytest.raises(TraceError) as info:
         read_trace(path, **kwargs)
     return str(info.value)

@@ -419,7 +419,7 @@ def test_the_toml_examples_in_the_docs_are_valid_workloads() -> None:
 def test_specs_are_frozen() -> None:
     spec = Uniform(pages=10)
     with pytest.raises(ValidationError):
-        spec.pages = 11  # type: ignore[misc]
+        spec.pages = 11
 
 
 @pytest.mark.parametrize(

@@ -223,7 +223,7 @@ def classify(
 
 def assign(
     model: ContentModel,
-    pages: np.ndarray,
+    pages: np.ndarray | int,
     *,
     vm_seed: int,
     image: str | None,
