@@ -152,6 +152,34 @@ def test_running_out_of_this_machines_memory_is_a_clear_error_in_every_command(
         assert "make host.memory, the VMs' memory or the swap sizes smaller" in message
 
 
+def test_an_out_that_cannot_be_a_directory_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_run(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the run started")
+
+    monkeypatch.setattr(memvirt.engine.scenario, "run", no_run)
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    for args in (["run", str(DEMAND_PAGING)], ["demo"]):
+        message = refused(*args, "--out", str(taken))
+        assert message == f"--out {taken}: a file of that name exists, not a directory"
+    below = taken / "out"
+    message = refused("run", str(DEMAND_PAGING), "--out", str(below))
+    assert message == f"--out {below}: cannot make the directory: {taken} is a file"
+    # the demo writes two directories inside its own
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "swapping-only").write_text("")
+    message = refused("demo", "--out", str(demo))
+    assert message == f"--out {demo / 'swapping-only'}: a file of that name exists, not a directory"
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    message = refused("run", str(DEMAND_PAGING), "--out", str(dangling / "out"))
+    assert message.endswith(f"cannot make the directory: {dangling} is a broken symbolic link")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "demo", "taken"]  # no more
+
+
 # ---------------------------------------------------------------------------- memvirt demo
 
 

@@ -742,6 +742,8 @@ def run_command(
     try:
         checking = ["run.check=true"] if check else []
         loaded = load_scenario(scenario, [*(settings or ()), *checking])
+        if out is not None:
+            _check_out(out)
         result = _run(loaded, str(scenario), show)
         if with_alone and not loaded.is_native:
             _add_alone_throughputs(loaded, result.summary, show)
@@ -775,6 +777,17 @@ def run_command(
     if out is not None:
         console.print(f"summary written to {escape(str(out / 'summary.json'))}")
         console.print(f"also written: {escape(_files_written(written[1:]))}", highlight=False)
+
+
+def _check_out(*dirs: Path) -> None:
+    """Fail (exit 2) unless outputs can be written into each of ``dirs``: before a run, not
+    after it."""
+    from memvirt.files import output_dir_problem
+
+    for path in dirs:
+        problem = output_dir_problem(path)
+        if problem is not None:
+            fail(f"--out {path}: {problem}")
 
 
 def _files_written(paths: Sequence[Path]) -> str:
@@ -1232,6 +1245,7 @@ def demo_command(
     from memvirt.report import write_report
     from memvirt.scenarios import scenario_path
 
+    _check_out(out, *(out / subdir for _, subdir, _ in DEMO_RUNS))
     console = Console(highlight=False)
     show = _show_progress()
     console.print(

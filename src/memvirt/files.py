@@ -17,6 +17,26 @@ from pathlib import Path
 from typing import Any
 
 
+def output_dir_problem(path: Path) -> str | None:
+    """Why outputs could not be written into the directory ``path`` (made when missing, with
+    its parents), or None. Commands ask before they run, so that a long run's results are
+    not lost to a bad ``--out`` at the end; nothing is made here."""
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        if existing.is_symlink():  # to nothing: a directory cannot be made in its place
+            return f"cannot make the directory: {existing} is a broken symbolic link"
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == path:
+            return "a file of that name exists, not a directory"
+        return f"cannot make the directory: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            return "the directory cannot be written to"
+        return f"cannot make the directory: {existing} cannot be written to"
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(mask)
