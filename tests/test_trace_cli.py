@@ -236,7 +236,12 @@ def test_the_same_trace_plots_the_same_svg(tmp_path: Path) -> None:
         (["--page-size", "4QB"], "unknown unit"),
         (["--plot", "curve.pdf"], "expected a file name ending in .svg or .png"),
         (["--format", "nope"], "unknown trace format 'nope'"),
-        (["--plot", "/no/such/dir/curve.svg"], "/no/such/dir"),
+        (
+            ["--plot", "/no/such/dir/curve.svg"],
+            "--plot /no/such/dir/curve.svg: cannot write the file: there is no directory "
+            "/no/such/dir",
+        ),
+        (["--plot", "/"], "expected a file name ending in .svg or .png"),
     ],
 )
 def test_bad_info_options_end_with_one_line_and_status_2(args: list[str], message: str) -> None:
@@ -245,6 +250,27 @@ def test_bad_info_options_end_with_one_line_and_status_2(args: list[str], messag
     assert result.stderr.startswith("memvirt: error:")
     assert message in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_plot_that_cannot_be_written_is_refused_before_the_trace_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import memvirt.traces.analysis
+
+    def no_analysis(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("the trace was read")
+
+    monkeypatch.setattr(memvirt.traces.analysis, "trace_stats", no_analysis)
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    (tmp_path / "dir.svg").mkdir()
+    for plot, problem in (
+        (taken / "curve.svg", f"cannot write the file: {taken} is not a directory"),
+        (tmp_path / "dir.svg", "a directory of that name exists"),
+    ):
+        result = runner.invoke(app, ["trace", "info", str(LACKEY_SAMPLE), "--plot", str(plot)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"memvirt: error: --plot {plot}: {problem}\n"
 
 
 def test_a_missing_or_corrupt_trace_is_reported_by_name(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from memvirt.config import ScenarioError
-from memvirt.files import atomic_output
+from memvirt.files import atomic_output, output_dir_problem, output_file_problem
 from memvirt.kernel.kernel import AdmissionError, KernelError
 from memvirt.mmu.tlb import TLBConfig, TLBError, TLBLevel
 from memvirt.policies import UnknownPolicyError, policy_names
@@ -367,6 +367,8 @@ def trace_info(
             raise TraceError(
                 f"--plot {plot}: expected a file name ending in .svg or .png, got {plot.suffix!r}"
             )
+        if plot is not None and (problem := output_file_problem(plot)) is not None:
+            raise TraceError(f"--plot {plot}: {problem}")  # before the trace is read through
         with open_trace(
             trace, format=fmt, skip_bad=skip_bad, drop_fetches=drop_fetches, page_size=size
         ) as stream:
@@ -449,9 +451,14 @@ def plot_miss_ratio_curve(stats: TraceStats, path: Path, *, title: str) -> None:
             ax.set_title(title)
             ax.grid(True, which="both", alpha=0.3)
             metadata = {"Date": None} if kind == "svg" else {"Software": None}
-            atomic_output(
-                path, lambda tmp: fig.savefig(tmp, format=kind, metadata=metadata, dpi=100)
-            )
+            try:
+                atomic_output(
+                    path, lambda tmp: fig.savefig(tmp, format=kind, metadata=metadata, dpi=100)
+                )
+            except OSError as err:  # (named by the file asked for, not the temporary one)
+                raise TraceError(
+                    f"--plot {path}: cannot write the file ({err.strerror or err})"
+                ) from None
         finally:
             plt.close(fig)
 
@@ -782,8 +789,6 @@ def run_command(
 def _check_out(*dirs: Path) -> None:
     """Fail (exit 2) unless outputs can be written into each of ``dirs``: before a run, not
     after it."""
-    from memvirt.files import output_dir_problem
-
     for path in dirs:
         problem = output_dir_problem(path)
         if problem is not None:

@@ -37,6 +37,21 @@ def output_dir_problem(path: Path) -> str | None:
     return None
 
 
+def output_file_problem(path: Path) -> str | None:
+    """Why a file could not be written at ``path`` (atomically, beside it: its directory must
+    exist), or None; asked before the work whose result it is."""
+    if path.is_dir():
+        return "a directory of that name exists"
+    folder = path.parent
+    if not folder.exists():
+        return f"cannot write the file: there is no directory {folder}"
+    if not folder.is_dir():
+        return f"cannot write the file: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write the file: {folder} cannot be written to"
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(mask)
