@@ -274,3 +274,22 @@ def test_the_walk_depth_is_the_fewest_entries_a_walk_of_the_pages_reads() -> Non
     assert walk(600) == 3  # (its fault builds the leaf table)
     assert depth() == 4
     assert walk(700) == 4 and walk(5) == 4
+
+
+def test_the_kept_walk_depth_is_the_one_found_afresh() -> None:
+    from memvirt.dataplane import reclaim
+
+    # the depth is looked for again only when the VM's host table gains a page
+    machine = build(load_scenario(EXAMPLES / "two-level-nested.toml", SMALL_HOST))
+    assert isinstance(machine, VirtualizedMachine)
+    seen = []
+    for accesses in (0, 1, 2000, 20000, 150000):
+        if accesses:
+            machine.run(accesses=accesses)
+        for vm in machine.vms:
+            kept = machine.host_walk_depth(vm)
+            fresh = int(reclaim.walk_depth(machine.host.machine, vm.host_pid, vm.real_pages))
+            assert kept == fresh
+            assert vm.host_walk_tables == machine.host.table_pages(vm.host_pid)
+            seen.append(kept)
+    assert seen[0] < seen[-1]  # the tables filled in as the run went on

@@ -175,8 +175,10 @@ class VM:
     deferred_all: bool = False
     #: real pages of ``deferred`` the guest wrote meanwhile: its next pass writes them again
     rewrites: np.ndarray = field(default_factory=lambda: _NO_PAGES)
-    #: the fewest host entries a walk of one of its real pages reads (see host_walk_depth)
+    #: the fewest host entries a walk of one of its real pages reads (see host_walk_depth),
+    #: and how many host table pages the VM had when it was found
     host_walk_depth: int = 0
+    host_walk_tables: int = -1
 
     def mark_touched(self, pid: int, vpns: np.ndarray) -> None:
         """Note the pages a process touched (the true active set, for comparison with the
@@ -725,10 +727,15 @@ class VirtualizedMachine:
 
     def host_walk_depth(self, vm: VM) -> int:
         """The fewest host table entries a walk of one of ``vm``'s real pages reads now
-        (and from now on: it only grows, and is kept once it is the host's levels)."""
-        if vm.host_walk_depth < self.host.geometry.levels:
+        (and from now on: it only grows, and is kept once it is the host's levels). It
+        changes only when the VM's host table gains a page (a walk stops at an entry that
+        is not present, or maps a huge page, only where no table lies below), so it is
+        looked for again only then."""
+        tables = self.host.table_pages(vm.host_pid)
+        if vm.host_walk_depth < self.host.geometry.levels and tables != vm.host_walk_tables:
             host_m = self.host.machine
             vm.host_walk_depth = int(reclaim.walk_depth(host_m, vm.host_pid, vm.real_pages))
+            vm.host_walk_tables = tables
         return vm.host_walk_depth
 
     def _settle_deferred(self, vm: VM) -> None:
