@@ -9,6 +9,7 @@ thread, so that the parts add up: one VM's guest no longer runs beside
 another VM's host pass, and the rate is lower.
 
     python benchmarks/bench_vms.py [--accesses N] [--repeat R] [--paging nested|shadow]
+                                   [--parts] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from memvirt.config import load_scenario
+from memvirt.config import ScenarioError, load_scenario
 from memvirt.dataplane import native
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VirtualizedMachine
@@ -85,20 +86,34 @@ def main() -> None:
         action="store_true",
         help="time each part of the runs (in one thread: see VirtualizedMachine.threads)",
     )
+    ap.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the scenario, as memvirt run --set does "
+        "(run.quantum_accesses=40000)",
+    )
     args = ap.parse_args()
     settings = [
         f"run.accesses={args.accesses}",
         "run.seconds=1000",
         f"hypervisor.paging={args.paging}",
+        *args.settings,
     ]
+    try:
+        scenario = load_scenario(EXAMPLE, settings)
+    except ScenarioError as err:
+        ap.error(str(err))  # (exit status 2)
     # load the compiled data plane: long enough for the host to swap and reclaim, so that
     # the kernels of that work are loaded too (not in the first timed run)
-    warm = build(load_scenario(EXAMPLE, settings))
+    warm = build(scenario)
     warm.run(accesses=1_000_000)
     rates = []
     parts: list[list[float]] = []
     for _ in range(args.repeat):
-        machine = build(load_scenario(EXAMPLE, settings))
+        machine = build(scenario)
         assert isinstance(machine, VirtualizedMachine)
         spent = timed_parts(machine) if args.parts else {}
         if args.parts:  # the parts add up to the run's time only when they take turns
