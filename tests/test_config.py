@@ -603,8 +603,18 @@ def test_keys_under_table_headers_and_array_items_are_found(tmp_path: Path) -> N
         load_scenario(path)
     assert str(info.value).splitlines() == [
         f"{path}:5: host.tlb.l1.entries = 64: must be a multiple of ways (5)",
-        f"{path}:15: processes.1.rate = 0: Input should be greater than 0",
+        f"{path}:15: processes.1.rate = 0: Input should be greater than or equal to 0.000001",
     ]
+
+
+def test_a_rate_too_slow_for_a_finite_time_is_refused() -> None:
+    # found by the fuzzing: 1e9 / 2.2e-311 ns an access is inf, and the run failed on it
+    data = copy.deepcopy(NATIVE)
+    data["processes"][0]["rate"] = 2.225073858507e-311
+    with pytest.raises(ScenarioError, match=r"processes\.0\.rate = 2\.225073858507e-311: "):
+        scenario_from_dict(data)
+    data["processes"][0]["rate"] = 1e-6  # the slowest allowed: an access in 11.6 days
+    assert scenario_from_dict(data).processes[0].rate == 1e-6
 
 
 def test_errors_inside_nested_workloads_name_their_lines(tmp_path: Path) -> None:

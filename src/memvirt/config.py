@@ -162,6 +162,9 @@ Nanoseconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 _MODEL = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
+#: The slowest rate a process may have, in accesses per simulated second.
+MIN_RATE = 1e-6
+
 
 Loc = tuple[str | int, ...]
 
@@ -782,9 +785,11 @@ class ProcessConfig(BaseModel):
     )
     rate: float = Field(
         1e8,
-        gt=0.0,
+        # below it an access, or a quantum of them, would take no finite time: a rate of
+        # 2e-311 made the time of one access 1e9 / rate = inf
+        ge=MIN_RATE,
         description="accesses per simulated second while every access hits in the TLB "
-        "(the process's speed without stalls)",
+        "(the process's speed without stalls; at least 1e-6, an access in 11.6 days)",
     )
     start: float = Field(0.0, ge=0.0, description="simulated second at which the process starts")
     accesses: int | None = Field(
