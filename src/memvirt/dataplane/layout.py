@@ -150,7 +150,11 @@ K_FLUSH_ON_SWITCH = 9
 K_HUGE_SHIFT = 10  # vpn bits below a huge leaf (9 on x86-64)
 K_HAS_HUGE = 11
 K_RECORD = 12  # 1: record the frames every walk reads (for a hypervisor below)
-K_RING = 13  # 1: log every eviction (owner, vpn, frame, written) in the eviction ring
+# 1: log every eviction (owner, vpn, frame, written) in the eviction ring (an eviction
+# beyond its rows is only counted: the layer above falls back on a whole flush); 2: the
+# same, but a fault that might not find room stops its batch first (STOP_NEED_RING), so
+# that the control plane grows the ring and no eviction goes unlogged
+K_RING = 13
 K_COMPRESS = 14  # 1: evictions try the compression cache before swap
 # injected swap errors: a read (write) fails when 63 random bits fall below this (0: never)
 K_SWAP_READ_FAIL = 15
@@ -214,6 +218,7 @@ STOP_NEED_TABLES = 3  # the table-page pool must grow (control plane)
 STOP_SIGBUS = 4  # a bus error: the huge-page pool is exhausted, or a swap read failed
 STOP_RECORD_FULL = 5  # the walk record is full: the hypervisor must pass over it
 STOP_NEED_SLOTS = 6  # the swap arrays must grow before a fault may take slots (control plane)
+STOP_NEED_RING = 7  # the eviction ring must grow before a fault may evict (K_RING 2)
 
 SEGV_NO_REGION = 1
 SEGV_READ_ONLY = 2

@@ -152,6 +152,7 @@ from .layout import (
     SEGV_NO_REGION,
     SEGV_READ_ONLY,
     STOP_DONE,
+    STOP_NEED_RING,
     STOP_NEED_SLOTS,
     STOP_NEED_TABLES,
     STOP_OOM,
@@ -622,6 +623,13 @@ def slot_room(m: Machine, needed: int) -> bool:
     return nxt >= slots or min(nxt + needed, slots) <= m.swap_owner.shape[0]
 
 
+@inlined
+def ring_room(m: Machine, needed: int) -> bool:
+    """True unless the eviction ring must grow first (K_RING 2) for ``needed`` more
+    evictions to be logged."""
+    return m.cfg[K_RING] != 2 or m.st[S_RING_N] + needed <= m.ring.shape[0]
+
+
 @kernel
 def free_slot(m: Machine, slot: int) -> None:
     """Give swap slot ``slot`` back (and its room in a compression cache, if it had any)."""
@@ -914,6 +922,8 @@ def page_fault(
     # eviction a swap slot: the swap arrays must hold them before anything changes
     if not slot_room(m, max(1, leaf_level - lvl + 1)):
         return -1, -1, STOP_NEED_SLOTS
+    if not ring_room(m, max(1, leaf_level - lvl + 1)):  # ...and the ring log them
+        return -1, -1, STOP_NEED_RING
     if lvl < leaf_level:
         # the walk met an empty upper entry: table pages must be added first
         if not table_room(m, leaf_level - lvl):

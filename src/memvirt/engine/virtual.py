@@ -102,11 +102,19 @@ from memvirt.workloads.contents import assign
 _NO_PAGES = np.zeros(0, dtype=np.int64)
 #: Evictions the host logs per pass before the guests' TLBs are flushed whole.
 RING_CAPACITY = 1 << 12
-#: Entries of a guest's walk record (real pages its walks read, 4 bytes each) at most: a
-#: guest's quantum ends early when its record is full. A quantum of 10,000 accesses at
-#: 4 levels fits unless more than 6,553 of them walk (two thirds: the guests of
-#: bench_vms.py walk on 55% of their accesses).
+#: Entries a guest's walk record (real pages its walks read, 4 bytes each) starts with. A
+#: full record doubles, up to what a whole quantum's walks can need, so a quantum is never
+#: cut short: a quantum of 10,000 accesses at 4 levels fits in these unless more than
+#: 6,553 of them walk (two thirds: the guests of bench_vms.py walk on 55% of their
+#: accesses), and a longer quantum grows the record as its walks need.
 RECORD_CAPACITY = 1 << 15
+#: Rows a guest's eviction ring starts with (32 bytes each). It doubles before a fault
+#: that might not find room: most guests under a hypervisor seldom evict, and a ring sized
+#: for a quantum's worst case (one eviction a walk) took 6.5 bytes per real page.
+RING_START = 1 << 10
+#: Pages a balloon inflation takes from a guest at a time, at most one more than this (its
+#: double paging is charged after each step): as many as a quantum could evict.
+BALLOON_STEP = 1 << 14
 #: A process spanning more pages than this is left out of the true active set.
 TOUCH_BITMAP_LIMIT = 1 << 26
 #: Entries of a VM's page-walk cache: host translations of guest page-table pages,
@@ -179,6 +187,8 @@ class VM:
     #: and how many host table pages the VM had when it was found
     host_walk_depth: int = 0
     host_walk_tables: int = -1
+    #: pages a balloon inflation takes from the guest at a time (see BALLOON_STEP)
+    inflate_step: int = 1
 
     def mark_touched(self, pid: int, vpns: np.ndarray) -> None:
         """Note the pages a process touched (the true active set, for comparison with the
@@ -267,18 +277,20 @@ class VirtualizedMachine:
             # the guest notes which of its frames' contents change, for the content sync
             guest.changed = np.zeros(-(-(vmc.memory // page) // 64), dtype=np.int64)
             guest.cfg[K_SYNC] = 1
-            # the walk record holds a quantum's walks, or RECORD_CAPACITY entries: when it
-            # fills, the quantum ends there (see _turn)
-            capacity = min(quantum * (geometry.levels + 1) + 8, RECORD_CAPACITY)
-            guest.record = np.zeros(capacity, dtype=np.int32)  # pages and flags: REC_*
-            # the guest logs its evictions, so double paging can be seen
-            guest.cfg[K_RING] = 1
-            # at most one eviction per walk in a quantum, and a walk takes 2+ record rows
-            guest.ring = np.zeros((min(quantum, capacity // 2) + 1, N_RING), dtype=np.int64)
+            # the walk record holds a quantum's walks: it starts with RECORD_CAPACITY
+            # entries, and grows when it must (Kernel.run)
+            need = quantum * (geometry.levels + 1) + 8
+            guest.record = np.zeros(min(need, RECORD_CAPACITY), dtype=np.int32)  # REC_*
+            guest.record_limit = need
+            # the guest logs its evictions, so double paging can be seen: in a ring that
+            # grows before a fault might not find room (K_RING 2)
+            guest.cfg[K_RING] = 2
+            guest.ring = np.zeros((RING_START, N_RING), dtype=np.int64)
             # each VM's written pages get tokens of their own range, distinct from every
             # other VM's (and from the content model's classes, in bits 60-61)
             guest.st[S_TOKEN] = (k + 1) << 44
             vm = VM(vmc.name, k, vmc, host_pid, guest, vmc.memory // page)
+            vm.inflate_step = min(quantum, BALLOON_STEP) + 1
             vm.settle_marks = np.zeros((2, -(-vm.real_pages // 64)), dtype=np.int64)
             self.vms.append(vm)
             # the VM's processes share its vCPUs: process i runs on vCPU i mod vcpus
@@ -623,12 +635,11 @@ class VirtualizedMachine:
         pass over them and the accounting. The second part returns the time the quantum
         took, or None when the process has ended.
 
-        The guest runs until its quantum is done or its walk record is full; accesses
-        the quantum did not reach come first in the next one."""
+        The guest's walk record grows to hold the whole quantum's walks (Kernel.run),
+        so a quantum ends early only when its process is killed."""
         guest, host = vm.guest, self.host
         ns_per_access = 1e9 / plan.rate
         cost = self.cost
-        left: list[Trace] = []  # accesses of the last chunk not run yet
 
         def note_vm_stopped() -> None:  # the process was killed with its VM
             if report.killed is None and not host.alive(vm.host_pid):
@@ -648,19 +659,14 @@ class VirtualizedMachine:
             return lambda: run_guest(now)
 
         def run_guest(now: float) -> tuple[Trace, int, dict[str, int], int, Walked] | None:
-            chunk = left.pop() if left else next_chunk(plan, report, guest, self.quantum, now)
+            chunk = next_chunk(plan, report, guest, self.quantum, now)
             if chunk is None:
                 return None
             g0 = guest.counter_row()
             guest.st[S_REC_N] = 0
             guest.st[S_RING_N] = 0
             first_token = int(guest.st[S_TOKEN])
-            done = guest.run(
-                report.pid, chunk.addresses, chunk.writes, page_numbers=True, until_full=True
-            )
-            if done < len(chunk) and guest.alive(report.pid):  # the walk record is full
-                left.append(chunk.tail(done))
-                chunk = chunk.head(done)
+            done = guest.run(report.pid, chunk.addresses, chunk.writes, page_numbers=True)
             self.total_accesses += done  # (the loop's stop condition counts them at once)
             # what the host pass needs of the guest alone is done here, beside another
             # VM's pass, rather than in this turn's own pass

@@ -557,10 +557,11 @@ class Reclaimer:
         guest = vm.guest
         out = np.empty(n, dtype=np.int64)
         got = 0
-        step = guest.ring.shape[0]  # the guest logs each eviction: no more at once
+        step = vm.inflate_step
         while got < n:
             guest.st[S_RING_N] = 0
             ask = min(step, n - got)
+            guest.ensure_ring(ask)  # the guest logs each eviction
             # the frames beyond the free ones come from evictions, each may take a swap slot
             guest_m = guest.reserve_slots(max(0, ask - int(guest.st[S_FREE_TOP])))
             # the guest's writes to its swap are asynchronous (as the host's are): no stall

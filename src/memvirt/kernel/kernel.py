@@ -72,6 +72,7 @@ from memvirt.dataplane.layout import (
     K_LOCAL,
     K_OFFSET_BITS,
     K_POLICY,
+    K_RING,
     K_SWAP_READ_FAIL,
     K_SWAP_SLOTS,
     K_SWAP_WRITE_FAIL,
@@ -118,6 +119,8 @@ from memvirt.dataplane.layout import (
     S_HUGE_TOP,
     S_LAST_ASID,
     S_OOM_KILLS,
+    S_REC_N,
+    S_RING_N,
     S_RNG,
     S_SWAP_NEXT,
     S_SWAP_TOP,
@@ -125,6 +128,7 @@ from memvirt.dataplane.layout import (
     S_TOKEN,
     SEGV_READ_ONLY,
     STOP_DONE,
+    STOP_NEED_RING,
     STOP_NEED_SLOTS,
     STOP_NEED_TABLES,
     STOP_OOM,
@@ -402,6 +406,9 @@ class Kernel:
         self._blocks: list[tuple[int, int, int]] = []  # (start, frames, pid) without VM
         self._empty_next_use = np.zeros(0, dtype=np.int64)
         self.record = np.zeros(1, dtype=np.int32)
+        #: the most entries the walk record may grow to (K_RECORD): a full record grows
+        #: (doubling) up to this, and a run with ``until_full`` stops only when it is reached
+        self.record_limit = 1
         self.ring = np.zeros((1, N_RING), dtype=np.int64)
         #: the sharing watch map and log (K_COW), set by a hypervisor that shares pages
         self.watch = np.zeros(1, dtype=np.int64)
@@ -522,6 +529,7 @@ class Kernel:
     def _new_root(self, pid: int) -> int:
         """Take a frame for ``pid``'s root table (evicting a page if memory is full)."""
         self._ensure_tables(1)
+        self.ensure_ring(1)
         while True:
             m = self.reserve_slots(1)
             f = native.take_free_frame(m)  # as take_frame does while frames are free
@@ -665,10 +673,33 @@ class Kernel:
             self.swap.grow(nxt + needed)
         return self.machine
 
+    def grow_record(self) -> None:
+        """Double the walk record (up to ``record_limit`` entries), keeping what it holds."""
+        size = min(self.record_limit, 2 * self.record.shape[0])
+        grown = np.zeros(size, dtype=self.record.dtype)
+        n = int(self.st[S_REC_N])
+        grown[:n] = self.record[:n]
+        self.record = grown
+
+    def ensure_ring(self, needed: int) -> None:
+        """Make the eviction ring hold ``needed`` more evictions beside those it holds
+        (K_RING 2: call it before a data-plane step that may evict ``needed`` pages; it
+        doubles, so that a guest that evicts often soon stops asking)."""
+        if self.cfg[K_RING] != 2:
+            return
+        n = int(self.st[S_RING_N])
+        rows = self.ring.shape[0]
+        if n + needed <= rows:
+            return
+        grown = np.zeros((max(2 * rows, n + needed), N_RING), dtype=self.ring.dtype)
+        grown[: min(n, rows)] = self.ring[: min(n, rows)]
+        self.ring = grown
+
     def take_frames(self, owner: int, n: int) -> int:
         """Pin ``n`` frames to pseudo-process ``owner`` (memory the machine loses),
         evicting pages as a fault would when too few are free; returns how many could
         be had (fewer when nothing more can be evicted)."""
+        self.ensure_ring(n)
         got = np.empty(n, dtype=np.int64)
         k = int(reclaim.grab_frames(self.reserve_slots(n), owner, n, got))
         self._set_quotas()
@@ -730,9 +761,11 @@ class Kernel:
         ``page_numbers``); ``writes`` marks writes (all reads when None).
         ``next_use`` gives, for each access, the index of the next access to
         the same page: the opt policy needs it. A kernel under a hypervisor
-        records the real pages its walks read: with ``until_full`` the run stops
-        when that record is full (the process still runs), and the hypervisor
-        makes its pass over them before the rest.
+        records the real pages its walks read, in a record that doubles when full
+        up to ``record_limit`` entries: with ``until_full`` the run stops when the
+        record is full at that size (the process still runs), and the hypervisor
+        makes its pass over them before the rest. Its eviction ring (K_RING 2)
+        grows as faults need.
         """
         if not self.alive(pid):
             raise KernelError(f"process {pid} is not running")
@@ -762,13 +795,18 @@ class Kernel:
                 break
             va = int(self.st[S_FAULT_VPN]) << self.geometry.offset_bits
             if reason == STOP_RECORD_FULL:
+                if self.record.shape[0] < self.record_limit:
+                    self.grow_record()
+                    continue
                 if until_full:
                     break
                 raise KernelError(
                     "the walk record is full: run fewer accesses at a time, or pass "
                     "until_full=True and run the rest after the hypervisor's pass"
                 )
-            if reason == STOP_NEED_TABLES:
+            if reason == STOP_NEED_RING:  # a fault evicts at most a page per level
+                self.ensure_ring(self.geometry.levels)
+            elif reason == STOP_NEED_TABLES:
                 self._ensure_tables(self.geometry.levels)
             elif reason == STOP_NEED_SLOTS:  # a fault takes at most a slot per level
                 self.reserve_slots(self.geometry.levels)
