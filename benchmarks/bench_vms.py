@@ -8,6 +8,11 @@ the simulation holds per simulated page. With ``--parts`` the runs take one
 thread, so that the parts add up: one VM's guest no longer runs beside
 another VM's host pass, and the rate is lower.
 
+It also prints the accesses a turn took on average (a guest's quantum, then its
+host pass: ``--set run.quantum_accesses=N`` sets how many) and, for each VM of
+the last run, its accesses, guest faults and host swap-ins, so that settings
+can be compared by what they simulate as well as by their speed.
+
     python benchmarks/bench_vms.py [--accesses N] [--repeat R] [--paging nested|shadow]
                                    [--parts] [--set KEY=VALUE ...]
 """
@@ -25,7 +30,7 @@ from typing import Any
 from memvirt.config import ScenarioError, load_scenario
 from memvirt.dataplane import native
 from memvirt.engine.scenario import build
-from memvirt.engine.virtual import VirtualizedMachine
+from memvirt.engine.virtual import VM, VirtualizedMachine, Walked
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "two-level-nested.toml"
@@ -67,9 +72,23 @@ def timed_parts(machine: VirtualizedMachine) -> dict[str, float]:
     return spent
 
 
+def count_turns(machine: VirtualizedMachine) -> list[int]:
+    """Count the machine's host passes (one a turn: a guest's quantum, then its pass) in
+    the one-element list returned."""
+    turns = [0]
+    host_pass = machine._host_pass
+
+    def counted(vm: VM, walked: Walked | None = None) -> int:
+        turns[0] += 1
+        return host_pass(vm, walked)
+
+    machine._host_pass = counted  # type: ignore[method-assign]
+    return turns
+
+
 def split(spent: dict[str, float], seconds: float) -> list[float]:
     """Seconds in each of PARTS (the host pass's own time less what it contains)."""
-    # the guest's run_batch calls the host pass when its record fills (a drain)
+    # the host pass's time contains the host's run_batch, the content sync and the settling
     rest_of_pass = spent["pass"] - spent["host"] - spent["sync"] - spent["settle"]
     guest = spent["guest"]
     return [guest, spent["host"], spent["sync"], spent["settle"], rest_of_pass,
@@ -111,17 +130,20 @@ def main() -> None:
     warm = build(scenario)
     warm.run(accesses=1_000_000)
     rates = []
+    turns: list[int] = []
     parts: list[list[float]] = []
     for _ in range(args.repeat):
         machine = build(scenario)
         assert isinstance(machine, VirtualizedMachine)
         spent = timed_parts(machine) if args.parts else {}
+        passes = count_turns(machine)
         if args.parts:  # the parts add up to the run's time only when they take turns
             machine.threads = False
         start = time.perf_counter()
-        machine.run(accesses=args.accesses)
+        simulated = machine.run(accesses=args.accesses)
         seconds = time.perf_counter() - start
         rates.append(machine.total_accesses / seconds)
+        turns.append(machine.total_accesses // max(1, passes[0]))
         if args.parts:
             parts.append([1e9 * p / machine.total_accesses for p in split(spent, seconds)])
     native.run_batch = RUN_BATCH
@@ -130,7 +152,14 @@ def main() -> None:
     print(f"{args.paging} paging, {args.accesses:,} accesses, 2 VMs, overcommit 1.5x")
     print(f"accesses/s (median of {args.repeat}): {statistics.median(rates) / 1e6:.2f} M"
           f"  runs: {' '.join(f'{r / 1e6:.2f}' for r in rates)}")  # fmt: skip
-    print(f"host faults {host['faults']:,}, host swap-outs {host['writebacks']:,}")
+    print(f"host faults {host['faults']:,}, host swap-outs {host['writebacks']:,}; "
+          f"{statistics.median(turns):,} accesses a turn on average")  # fmt: skip
+    for vm in machine.summary(simulated)["vms"]:  # the last run's, to compare settings by
+        print(
+            f"  VM {vm['name']}: {vm['accesses']:,} accesses, {vm['guest_faults']:,} guest "
+            f"faults, {vm['host_swap_ins']:,} host swap-ins "
+            f"({1000 * vm['host_swap_ins'] / max(1, vm['accesses']):.2f} per 1,000 accesses)"
+        )
     for k, name in enumerate(PARTS if parts else ()):
         ns = statistics.median(p[k] for p in parts)
         print(f"  {name:22s} {ns:6.1f} ns per access")
