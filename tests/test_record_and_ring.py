@@ -12,8 +12,6 @@ and a ring that grows logs every eviction, in order.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -29,47 +27,17 @@ from memvirt.dataplane.layout import (
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VM, VirtualizedMachine, Walked
 from memvirt.kernel.kernel import Kernel, KernelConfig, Region
+from test_swap_growth import virtual
 
 PAGE = 4096
-
-
-def swapping_vms() -> dict[str, Any]:
-    """Two 8 MiB VMs on a 12 MiB host, each running a process of 12 MiB: the guests swap
-    to their own devices, balloons inflate, the host swaps behind them (double paging);
-    the check mode accounts for every frame and slot."""
-
-    def vm(name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "memory": "8MiB",
-            "guest": {"swap": "16MiB"},
-            "processes": [
-                {
-                    "name": "app",
-                    "memory": "12MiB",
-                    "rate": 1e6,
-                    "workload": {"kind": "zipf", "pages": 3072, "alpha": 0.6,
-                                 "write_fraction": 0.4},
-                }
-            ],
-        }  # fmt: skip
-
-    return {
-        "host": {"memory": "12MiB"},
-        "hypervisor": {
-            "host_swap": {"size": "64MiB"},
-            "control_period": 0.01,
-            "allocation": {"period": 0.05, "sample_period": 0.1},
-        },
-        "vms": [vm("a"), vm("b")],
-        "run": {"seconds": 0.3, "check": True, "quantum_accesses": 4000},
-    }
 
 
 def test_vms_run_alike_whatever_their_record_and_ring_start_with(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scenario = scenario_from_dict(swapping_vms())
+    # guests that swap, balloons that inflate, a host that swaps behind them (double
+    # paging), the check mode accounting for every frame and slot
+    scenario = scenario_from_dict(virtual("64MiB"))
     results = []
     for record, ring in ((16, 1), (1 << 22, 1 << 16)):
         monkeypatch.setattr(virtual_module, "RECORD_CAPACITY", record)
