@@ -19,6 +19,7 @@ from memvirt.engine.native import ContentError, NativeMachine
 from memvirt.engine.scenario import RunResult, build, run
 from memvirt.engine.virtual import AccountingError, VirtualizedMachine
 from memvirt.hypervisor.states import STATES
+from test_swap_growth import virtual
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -178,6 +179,42 @@ def test_the_estimate_rises_at_once_and_falls_slowly() -> None:
     assert after.iloc[0] > 0.1 and after.iloc[0] > 5 * true[shrunk]
     assert after.is_monotonic_decreasing and after.iloc[-1] < after.iloc[0]  # ...then falls
     assert len(series) > 3
+
+
+def test_a_blocked_vcpu_waits_until_just_after_the_next_reclamation_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the low state a VM above its target may not run: each of its vCPU's waits ends
+    1 ns after the next control step (the first moment it may be unblocked: at the same
+    time the vCPU's turn goes first), not a whole control period after it blocked."""
+    data = virtual("64MiB")  # two VMs of 8 MiB on a 12 MiB host: the low state is reached
+    data["run"]["check"] = False
+    machine = build(scenario_from_dict(data))
+    assert isinstance(machine, VirtualizedMachine)
+    steps: list[float] = []
+    waits: list[tuple[float, float]] = []
+    tick, blocked_wait = machine.reclaimer.tick, machine.blocked_wait
+
+    def counted_tick(now: float) -> None:
+        steps.append(now)
+        tick(now)
+
+    def counted_wait(now: float) -> float:
+        wait = blocked_wait(now)
+        waits.append((now, wait))
+        return wait
+
+    monkeypatch.setattr(machine.reclaimer, "tick", counted_tick)
+    monkeypatch.setattr(machine, "blocked_wait", counted_wait)
+    seconds = machine.run(seconds=data["run"]["seconds"])
+    assert waits, "no vCPU was blocked"
+    for now, wait in waits:
+        step = now + wait - 1.0
+        assert step in steps or step > steps[-1]  # a step's time (or the run ended first)
+        assert not [t for t in steps if now < t < step]  # the next one, no later
+    blocked = sum(vm["blocked_seconds"] for vm in machine.summary(seconds)["vms"])
+    assert blocked == pytest.approx(sum(wait for _, wait in waits) / 1e9)
+    assert machine.blocked_wait(machine.next_control_ns) == 1.0  # at the step's own time
 
 
 @pytest.mark.parametrize(

@@ -317,6 +317,8 @@ class VirtualizedMachine:
             self._boot(vm, scenario.run.seed)
         self.reclaimer = Reclaimer(self, hyp, scenario.run.seed)
         self.loop.add("hypervisor", self._control, 0.0)
+        #: when the hypervisor's next reclamation step runs (simulated ns)
+        self.next_control_ns = 0.0
         self.lost_pid = -1
         #: set by memvirt.engine.history to follow one page through a rerun
         self.watch: PageWatch | None = None
@@ -627,7 +629,15 @@ class VirtualizedMachine:
         self.reclaimer.tick(now)
         if self.watch is not None:
             self.watch.observe(now, "a hypervisor control step")
+        self.next_control_ns = now + self.control_period_ns
         return self.control_period_ns
+
+    def blocked_wait(self, now: float) -> float:
+        """How long a vCPU blocked at ``now`` (the low state: its VM holds more than its
+        target) waits: until just after the next reclamation step, the first moment its
+        VM may be unblocked. (A vCPU's turn and the step at the same time go the vCPU's
+        first, in the order they were added: so 1 ns after it.)"""
+        return max(self.next_control_ns - now, 0.0) + 1.0
 
     def _turn(self, vm: VM, plan: ProcessPlan, report: ProcessReport) -> Phases:
         """One quantum of ``plan``'s process, in two parts (see :class:`Phases`): the guest
@@ -651,7 +661,7 @@ class VirtualizedMachine:
                 return _ended
             reclaimer = self.reclaimer
             if reclaimer.blocked(vm):  # the low state: wait for the next reclamation step
-                wait = self.control_period_ns
+                wait = self.blocked_wait(now)
                 reclaimer.vms[vm.index].blocked_ns += wait
                 report.end_ns = now + wait
                 return lambda: wait
