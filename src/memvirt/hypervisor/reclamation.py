@@ -56,6 +56,7 @@ from memvirt.dataplane import sharing as sharing_dp
 from memvirt.dataplane.layout import (
     C_ACCESSES,
     C_COMPRESSIONS,
+    C_EVICTIONS,
     C_MAJOR,
     G_TOKEN,
     K_COMPRESS,
@@ -93,6 +94,10 @@ RECLAIM_KINDS = ("ballooning", "sharing", "compression", "swapping")
 #: Entries of each guest's watch log (its shared pages whose contents changed) between two
 #: host passes; past it the next check for broken sharing judges every shared page.
 WATCH_LOG_CAPACITY = 1 << 12
+#: Rounds of eviction a reclamation step makes at most to bring free memory back to its
+#: target: the compression caches take back at most half a frame for each page compressed
+#: in a round, so each round's shortfall is at most half the last one's.
+SWAP_ROUNDS = 8
 
 
 @dataclass
@@ -604,16 +609,24 @@ class Reclaimer:
 
     def _swap(self, swap: bool) -> None:
         """Evict pages of the VMs that gain least from them, until free memory is back at
-        the level that ends the state (min-funded revocation)."""
+        the level that ends the state (min-funded revocation). Pages compressed take
+        frames for the compression caches back (about half a frame each, at most 2 KiB a
+        page): free memory is counted again after the caches have taken theirs, and more
+        pages evicted, until it is at that level or nothing more can go."""
         host = self.host
-        need = self.states.target_free_pages() - int(host.st[S_FREE_TOP])
-        if need <= 0:
-            return
-        claims = self._claims()
-        take = revoke(claims, need, self.config.allocation.idle_tax)
-        for vm, n in zip(self.machine.vms, take, strict=True):
-            if n > 0:
-                self._evict(vm, n, compress_only=not swap)
+        for _ in range(SWAP_ROUNDS):
+            need = self.states.target_free_pages() - int(host.st[S_FREE_TOP])
+            if need <= 0:
+                return
+            claims = self._claims()
+            take = revoke(claims, need, self.config.allocation.idle_tax)
+            evicted = int(host.pctr[:, C_EVICTIONS].sum())
+            for vm, n in zip(self.machine.vms, take, strict=True):
+                if n > 0:
+                    self._evict(vm, n, compress_only=not swap)
+            self._settle_caches()
+            if int(host.pctr[:, C_EVICTIONS].sum()) == evicted:  # nothing more could go
+                return
 
     def _evict(self, vm: VM, n: int, *, compress_only: bool = False) -> None:
         """The hypervisor takes ``n`` pages of ``vm`` out of memory (compressed when they
