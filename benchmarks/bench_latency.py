@@ -66,11 +66,12 @@ def ring(lines: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def size(text: str) -> int:
     """Bytes of ``text``: a number with an optional K, M or G (binary)."""
-    text = text.strip().upper()
-    unit = UNITS.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in UNITS else text
+    given = text.strip()
+    upper = given.upper()
+    unit = UNITS.get(upper[-1:], 1)
+    number = upper[:-1] if upper[-1:] in UNITS else upper
     if not number.isdigit() or int(number) * unit < 64:
-        raise argparse.ArgumentTypeError(f"{text!r}: a size of at least 64 bytes expected")
+        raise argparse.ArgumentTypeError(f"{given!r}: a size of at least 64 bytes expected")
     return int(number) * unit
 
 
