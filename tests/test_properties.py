@@ -1,8 +1,8 @@
 """Property tests: random overcommitted machines keep every page, whatever reclaims them.
 
 Hypothesis draws small hosts with a few VMs, tiny swap devices, every combination of the
-reclamation techniques, both host victim choices and both paging modes, and runs each
-with the check mode on (run.check): after every quantum each page touched reads what was
+reclamation techniques and blocking, both host victim choices and both paging modes, and
+runs each with the check mode on (run.check): after every quantum each page touched reads what was
 last written to it, every real page in use has a host copy holding its content, and the
 host's frames, swap slots, shared frames and balloon pages are accounted for exactly once.
 Any violation raises, so a run that ends is a run that lost nothing. Out-of-memory kills
@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from memvirt.config import scenario_from_dict
 from memvirt.engine.scenario import run
+from memvirt.engine.virtual import STUCK_REASON
 
 EXAMPLES = int(os.environ.get("MEMVIRT_PROPERTY_EXAMPLES", "12"))
 
@@ -94,7 +95,7 @@ def machines(draw: Any) -> dict[str, Any]:
     total = sum(int(vm["memory"].removesuffix("MiB")) for vm in vms)
     # mostly overcommitted: the processes touch up to 4 MiB each
     host_mib = draw(st.integers(max(2, total // 3), max(3, total // 2 + 2)))
-    everything = ["sharing", "ballooning", "compression", "swapping"]
+    everything = ["sharing", "ballooning", "compression", "swapping", "blocking"]
     techniques = {
         state: draw(st.lists(st.sampled_from(everything), unique=True))
         for state in ("high", "clear", "soft", "hard", "low")
@@ -151,6 +152,9 @@ def test_no_page_is_lost_or_counted_twice_on_any_small_machine(data: dict[str, A
     event(f"ballooned: {any(vm['balloon_pages_max'] for vm in summary['vms'])}")
     event(f"shared: {any(vm['shared_pages_max'] for vm in summary['vms'])}")
     event(f"compressed: {any(vm['compressed_pages_max'] for vm in summary['vms'])}")
+    event(f"blocked: {any(vm['blocked_seconds'] for vm in summary['vms'])}")
+    stuck = any(vm["stop_reason"] == STUCK_REASON for vm in summary["vms"])
+    event(f"a VM stopped, every running VM blocked: {stuck}")
     injected = summary.get("faults", {"injected": [], "swap_devices": {}})
     errors = sum(sum(d.values()) for d in injected["swap_devices"].values())
     event(f"faults: {len(injected['injected'])} timed, swap errors: {min(errors, 1)}")

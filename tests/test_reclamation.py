@@ -17,7 +17,7 @@ import pytest
 from memvirt.config import load_scenario, scenario_from_dict
 from memvirt.engine.native import ContentError, NativeMachine
 from memvirt.engine.scenario import RunResult, build, run
-from memvirt.engine.virtual import AccountingError, VirtualizedMachine
+from memvirt.engine.virtual import STUCK_REASON, AccountingError, VirtualizedMachine
 from memvirt.hypervisor.states import STATES
 from test_swap_growth import virtual
 
@@ -179,6 +179,29 @@ def test_the_estimate_rises_at_once_and_falls_slowly() -> None:
     assert after.iloc[0] > 0.1 and after.iloc[0] > 5 * true[shrunk]
     assert after.is_monotonic_decreasing and after.iloc[-1] < after.iloc[0]  # ...then falls
     assert len(series) > 3
+
+
+def test_a_host_whose_running_vms_are_all_blocked_for_good_stops_the_largest() -> None:
+    """A low state that only blocks: nothing is ever reclaimed, so once both VMs are above
+    their targets neither would run again, and a run bounded by accesses would never end.
+    After an allocation period of that, the host stops the largest VM (its out-of-memory
+    rule) and the other runs its accesses to the end."""
+    data = virtual("64MiB")
+    techniques = {"high": [], "clear": ["sharing"], "soft": ["sharing", "ballooning"],
+                  "hard": ["sharing", "compression", "swapping"], "low": ["blocking"]}  # fmt: skip
+    data["hypervisor"]["states"] = {"techniques": techniques}
+    data["run"] = {"accesses": 200_000, "quantum_accesses": 2000, "check": True}
+    machine = build(scenario_from_dict(data))
+    assert isinstance(machine, VirtualizedMachine)
+    seconds = machine.run(seconds=30.0, accesses=200_000)  # (the seconds only as a backstop)
+    vms = machine.summary(seconds)["vms"]
+    stopped = [vm for vm in vms if vm["stop_reason"] == STUCK_REASON]
+    assert len(stopped) == 1
+    assert sum(vm["accesses"] for vm in vms) == 200_000
+    assert all(vm["blocked_seconds"] > 0 for vm in vms)
+    # stopped after an allocation period (0.05 s) and a step or two of being stuck
+    period = data["hypervisor"]["allocation"]["period"]
+    assert stopped[0]["simulated_seconds"] < 4 * period
 
 
 def test_a_reclamation_step_frees_its_target_even_when_it_compresses(
