@@ -45,19 +45,12 @@ class Trace:
 
     def head(self, count: int) -> Trace:
         """The first ``count`` accesses."""
-        return self._part(slice(None, count))
-
-    def tail(self, start: int) -> Trace:
-        """The accesses from access ``start`` on."""
-        return self._part(slice(start, None))
-
-    def _part(self, part: slice) -> Trace:
         return Trace(
-            self.addresses[part],
-            self.writes[part],
+            self.addresses[:count],
+            self.writes[:count],
             page_numbers=self.page_numbers,
             source=self.source,
-            fetches=None if self.fetches is None else self.fetches[part],
+            fetches=None if self.fetches is None else self.fetches[:count],
         )
 
     @property
