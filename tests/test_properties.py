@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from memvirt.config import scenario_from_dict
 from memvirt.engine.scenario import run
-from memvirt.engine.virtual import STUCK_REASON
+from memvirt.hypervisor.reclamation import STUCK_REASON
 
 EXAMPLES = int(os.environ.get("MEMVIRT_PROPERTY_EXAMPLES", "12"))
 

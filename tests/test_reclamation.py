@@ -17,7 +17,8 @@ import pytest
 from memvirt.config import load_scenario, scenario_from_dict
 from memvirt.engine.native import ContentError, NativeMachine
 from memvirt.engine.scenario import RunResult, build, run
-from memvirt.engine.virtual import STUCK_REASON, AccountingError, VirtualizedMachine
+from memvirt.engine.virtual import AccountingError, VirtualizedMachine
+from memvirt.hypervisor.reclamation import STUCK_REASON
 from memvirt.hypervisor.states import STATES
 from test_swap_growth import virtual
 

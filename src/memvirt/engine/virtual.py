@@ -65,7 +65,6 @@ import numpy as np
 from memvirt.config import Scenario, ScenarioError, VMConfig
 from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
-    C_EVICTIONS,
     FR_DIRTY,
     FR_TABLE,
     K_RECORD,
@@ -113,11 +112,6 @@ RECORD_CAPACITY = 1 << 15
 #: that might not find room: most guests under a hypervisor seldom evict, and a ring sized
 #: for a quantum's worst case (one eviction a walk) took 6.5 bytes per real page.
 RING_START = 1 << 10
-#: Why the host stops a VM when every running VM is blocked and nothing can be reclaimed.
-STUCK_REASON = (
-    "stopped by the host's out-of-memory rule: every running VM was blocked in the low "
-    "state, and nothing could be reclaimed for a whole allocation period"
-)
 #: Pages a balloon inflation takes from a guest at a time, at most one more than this (its
 #: double paging is charged after each step): as many as a quantum could evict.
 BALLOON_STEP = 1 << 14
@@ -325,9 +319,6 @@ class VirtualizedMachine:
         self.loop.add("hypervisor", self._control, 0.0)
         #: when the hypervisor's next reclamation step runs (simulated ns)
         self.next_control_ns = 0.0
-        #: reclamation steps in a row after which every running VM was blocked and nothing
-        #: could be reclaimed (see _unstick)
-        self.stuck_steps = 0
         self.lost_pid = -1
         #: set by memvirt.engine.history to follow one page through a rerun
         self.watch: PageWatch | None = None
@@ -635,45 +626,11 @@ class VirtualizedMachine:
         """The hypervisor's turn: one reclamation step, every control period."""
         if self.vcpus_running == 0:
             return None
-        reclaimer = self.reclaimer
-        free, evicted = reclaimer.free_pages(), int(self.host.pctr[:, C_EVICTIONS].sum())
-        reclaimer.tick(now)
-        self._unstick(free, evicted)
+        self.reclaimer.tick(now)
         if self.watch is not None:
             self.watch.observe(now, "a hypervisor control step")
         self.next_control_ns = now + self.control_period_ns
         return self.control_period_ns
-
-    def _unstick(self, free: int, evicted: int) -> None:
-        """After a reclamation step (``free`` pages and ``evicted`` host evictions before
-        it): when every VM that still runs is blocked in the low state and the step could
-        neither evict a page nor free one, the host is out of memory. Once that has held
-        for longer than an allocation period (whose new targets could unblock a VM), the
-        host stops the largest VM, as its out-of-memory rule does when a fault finds
-        nothing to evict; without it no VM would run again, and a run bounded only by
-        accesses would never end."""
-        reclaimer = self.reclaimer
-        running = [
-            vm
-            for vm in self.vms
-            if self.host.alive(vm.host_pid)
-            and any(vm.guest.alive(r.pid) and not r.finished for r in vm.reports)
-        ]
-        stuck = (
-            bool(running)
-            and all(reclaimer.blocked(vm) for vm in running)
-            and reclaimer.free_pages() <= free
-            and int(self.host.pctr[:, C_EVICTIONS].sum()) == evicted
-        )
-        self.stuck_steps = self.stuck_steps + 1 if stuck else 0
-        period = reclaimer.config.allocation.period * 1e9
-        if self.stuck_steps <= period / self.control_period_ns + 1:
-            return
-        self.stuck_steps = 0
-        victim = self.host.oom_kill(STUCK_REASON)
-        if victim is not None:
-            reclaimer.reap()
-            self.shoot_down_evicted()
 
     def blocked_wait(self, now: float) -> float:
         """How long a vCPU blocked at ``now`` (the low state: its VM holds more than its

@@ -98,6 +98,11 @@ WATCH_LOG_CAPACITY = 1 << 12
 #: target: the compression caches take back at most half a frame for each page compressed
 #: in a round, so each round's shortfall is at most half the last one's.
 SWAP_ROUNDS = 8
+#: Why the host stops a VM when every running VM is blocked and nothing can be reclaimed.
+STUCK_REASON = (
+    "stopped by the host's out-of-memory rule: every running VM was blocked in the low "
+    "state, and nothing could be reclaimed for a whole allocation period"
+)
 
 
 @dataclass
@@ -191,6 +196,9 @@ class Reclaimer:
         self.next_allocation = 0.0
         self.next_sample = 0.0
         self.last_tick = 0.0
+        #: steps in a row after which every running VM was blocked and nothing could be
+        #: reclaimed (see _unstick)
+        self.stuck_steps = 0
         ac = config.allocation
         self.vms: list[VMReclaim] = []
         for vm in machine.vms:
@@ -321,7 +329,46 @@ class Reclaimer:
                 reclaim.release_frames(self.host.machine, frames, frames.size)
 
     def tick(self, now: float) -> None:
-        """One reclamation step at simulated time ``now`` (ns)."""
+        """One reclamation step at simulated time ``now`` (ns), and the host's way out when
+        it leaves every running VM blocked for good (:meth:`_unstick`)."""
+        free, evicted = self.free_pages(), self.host_evictions()
+        self._step(now)
+        self._unstick(free, evicted)
+
+    def host_evictions(self) -> int:
+        """Pages the host has evicted so far, every VM's together."""
+        return int(self.host.pctr[:, C_EVICTIONS].sum())
+
+    def _unstick(self, free: int, evicted: int) -> None:
+        """After a reclamation step (``free`` pages and ``evicted`` host evictions before
+        it): when every VM that still runs is blocked in the low state and the step could
+        neither evict a page nor free one, the host is out of memory. Once that has held
+        for longer than an allocation period (whose new targets could unblock a VM), the
+        host stops the largest VM, as its out-of-memory rule does when a fault finds
+        nothing to evict; without it no VM would run again, and a run bounded only by
+        accesses would never end."""
+        running = [
+            vm
+            for vm in self.machine.vms
+            if self.host.alive(vm.host_pid)
+            and any(vm.guest.alive(r.pid) and not r.finished for r in vm.reports)
+        ]
+        stuck = (
+            bool(running)
+            and all(self.blocked(vm) for vm in running)
+            and self.free_pages() <= free
+            and self.host_evictions() == evicted
+        )
+        self.stuck_steps = self.stuck_steps + 1 if stuck else 0
+        if self.stuck_steps <= self.config.allocation.period / self.config.control_period + 1:
+            return
+        self.stuck_steps = 0
+        if self.host.oom_kill(STUCK_REASON) is not None:
+            self.reap()
+            self.machine.shoot_down_evicted()
+
+    def _step(self, now: float) -> None:
+        """The reclamation step itself: states, sampling, targets, and the techniques."""
         self.reap()
         cfg = self.config
         dt = (now - self.last_tick) / 1e9
@@ -620,12 +667,12 @@ class Reclaimer:
                 return
             claims = self._claims()
             take = revoke(claims, need, self.config.allocation.idle_tax)
-            evicted = int(host.pctr[:, C_EVICTIONS].sum())
+            evicted = self.host_evictions()
             for vm, n in zip(self.machine.vms, take, strict=True):
                 if n > 0:
                     self._evict(vm, n, compress_only=not swap)
             self._settle_caches()
-            if int(host.pctr[:, C_EVICTIONS].sum()) == evicted:  # nothing more could go
+            if self.host_evictions() == evicted:  # nothing more could go
                 return
 
     def _evict(self, vm: VM, n: int, *, compress_only: bool = False) -> None:
