@@ -112,9 +112,6 @@ RECORD_CAPACITY = 1 << 15
 #: that might not find room: most guests under a hypervisor seldom evict, and a ring sized
 #: for a quantum's worst case (one eviction a walk) took 6.5 bytes per real page.
 RING_START = 1 << 10
-#: Pages a balloon inflation takes from a guest at a time, at most one more than this (its
-#: double paging is charged after each step): as many as a quantum could evict.
-BALLOON_STEP = 1 << 14
 #: A process spanning more pages than this is left out of the true active set.
 TOUCH_BITMAP_LIMIT = 1 << 26
 #: Entries of a VM's page-walk cache: host translations of guest page-table pages,
@@ -187,8 +184,6 @@ class VM:
     #: and how many host table pages the VM had when it was found
     host_walk_depth: int = 0
     host_walk_tables: int = -1
-    #: pages a balloon inflation takes from the guest at a time (see BALLOON_STEP)
-    inflate_step: int = 1
 
     def mark_touched(self, pid: int, vpns: np.ndarray) -> None:
         """Note the pages a process touched (the true active set, for comparison with the
@@ -290,7 +285,6 @@ class VirtualizedMachine:
             # other VM's (and from the content model's classes, in bits 60-61)
             guest.st[S_TOKEN] = (k + 1) << 44
             vm = VM(vmc.name, k, vmc, host_pid, guest, vmc.memory // page)
-            vm.inflate_step = min(quantum, BALLOON_STEP) + 1
             vm.settle_marks = np.zeros((2, -(-vm.real_pages // 64)), dtype=np.int64)
             self.vms.append(vm)
             # the VM's processes share its vCPUs: process i runs on vCPU i mod vcpus

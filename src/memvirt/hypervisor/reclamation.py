@@ -98,6 +98,9 @@ WATCH_LOG_CAPACITY = 1 << 12
 #: target: the compression caches take back at most half a frame for each page compressed
 #: in a round, so each round's shortfall is at most half the last one's.
 SWAP_ROUNDS = 8
+#: Pages a balloon inflation takes from a guest at a time, at most one more than this (its
+#: double paging is charged after each step): as many as a quantum could evict.
+BALLOON_STEP = 1 << 14
 #: Why the host stops a VM when every running VM is blocked and nothing can be reclaimed.
 STUCK_REASON = (
     "stopped by the host's out-of-memory rule: every running VM was blocked in the low "
@@ -609,7 +612,7 @@ class Reclaimer:
         guest = vm.guest
         out = np.empty(n, dtype=np.int64)
         got = 0
-        step = vm.inflate_step
+        step = min(self.machine.quantum, BALLOON_STEP) + 1
         while got < n:
             guest.st[S_RING_N] = 0
             ask = min(step, n - got)
