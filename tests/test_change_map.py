@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
 
 from memvirt.dataplane import reclaim
 from memvirt.dataplane.layout import F_OWNER, G_TOKEN
+from memvirt.dataplane.native import next_bit, set_bit
 from memvirt.engine.native import ContentError
 from memvirt.engine.virtual import VM, VirtualizedMachine
 
@@ -196,3 +200,36 @@ def test_the_check_mode_finds_a_host_change_the_map_missed() -> None:
     machine.host.frames.fi64[frame, G_TOKEN] = 999  # behind the data plane's back
     with pytest.raises(ContentError, match="settling after a host pass missed 1 frames"):
         machine._settle_pass(vm, np.array([real], dtype=np.int64))
+
+
+@njit(cache=False)
+def _set_bits_by_next_bit(words: np.ndarray, start: int) -> list[int]:
+    """Every bit of ``words`` set at ``start`` or after, found as the kernels find them."""
+    found = [0 for _ in range(0)]
+    f = next_bit(words, start)
+    while f >= 0:
+        found.append(f)
+        f = next_bit(words, f + 1)
+    return found
+
+
+@njit(cache=False)
+def _set_each(words: np.ndarray, bits: np.ndarray) -> None:
+    for f in bits:
+        set_bit(words, f)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.integers(0, 5),
+    bits=st.lists(st.integers(0, 319), max_size=40),
+    start=st.integers(0, 330),
+)
+def test_next_bit_finds_every_set_bit_in_order(words: int, bits: list[int], start: int) -> None:
+    # bit 63 of a word makes it negative; a bit beyond the map is not drawn
+    inside = np.array(sorted({b for b in bits if b < 64 * words} | ({63} if words else set())),
+                      dtype=np.int64)  # fmt: skip
+    bitmap = np.zeros(words, dtype=np.int64)
+    _set_each(bitmap, inside)
+    expected = [int(b) for b in inside if b >= start]
+    assert list(_set_bits_by_next_bit(bitmap, start)) == expected

@@ -154,3 +154,25 @@ def _prefetch2_typing(typingctx: Any, array: Any, row: Any, col: Any) -> Any:
 #: too late to overlap it with others
 prefetch: Any = intrinsic(_prefetch_typing)
 prefetch2: Any = intrinsic(_prefetch2_typing)
+
+
+def _lowest_bit_codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+    i64 = ir.IntType(64)
+    word = context.cast(builder, args[0], sig.args[0], types.int64)
+    function = _cg.get_or_insert_function(
+        builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64"
+    )
+    # zero is not poison: cttz(0) is 64 (callers only ask about a word with a bit set)
+    return builder.call(function, [word, ir.Constant(ir.IntType(1), 0)])
+
+
+def _lowest_bit_typing(typingctx: Any, word: Any) -> Any:
+    """The index of the lowest set bit of a 64-bit ``word`` (64 when none is set): one
+    instruction (``tzcnt``) where a loop over the bits takes up to 64 steps."""
+    if not isinstance(word, types.Integer):
+        return None
+    return types.int64(word), _lowest_bit_codegen
+
+
+#: ``lowest_bit(word)`` in a kernel (numba only): the index of the lowest bit set
+lowest_bit: Any = intrinsic(_lowest_bit_typing)

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from .jit import inlined, kernel, prefetch2
+from .jit import inlined, kernel, lowest_bit, prefetch2
 from .layout import (
     BUS_NO_HUGE_PAGE,
     BUS_SWAP_READ,
@@ -830,16 +830,16 @@ def has_bit(words: np.ndarray, f: int) -> bool:
 def next_bit(words: np.ndarray, f: int) -> int:
     """The first bit set in the bitmap ``words`` at ``f`` or after (:func:`set_bit`'s
     layout), or -1: a loop over a bitmap's set bits in order skips its empty words."""
-    word, b = f >> 6, f & 63
-    while word < words.shape[0]:
-        bits = words[word]
-        while bits != 0 and b < 64:
-            if (bits >> b) & 1:
-                return (word << 6) + b
-            b += 1
+    word = f >> 6
+    if word >= words.shape[0]:
+        return -1
+    bits = words[word] & (np.int64(-1) << (f & 63))  # (the bits below f cleared)
+    while bits == 0:
         word += 1
-        b = 0
-    return -1
+        if word >= words.shape[0]:
+            return -1
+        bits = words[word]
+    return (word << 6) + lowest_bit(bits)
 
 
 @kernel
