@@ -1004,7 +1004,8 @@ def page_fault(
 
 
 #: How many accesses ahead :func:`run_batch` asks for the leaf entry of a page it will
-#: translate (and half as many for the metadata of its frame). Alternated on
+#: translate (half as many for the metadata of its frame and, under LRU, a quarter as many
+#: for the metadata of its neighbours in the replacement list). Alternated on
 #: benchmarks/bench_vms.py: 16 beat 8 and 32 (docs/benchmarks.md, "Prefetching ahead").
 PREFETCH_AHEAD = 16
 
@@ -1030,6 +1031,30 @@ def prefetch_ahead(
     if e & PTE_PRESENT:
         prefetch2(fi32, e >> PTE_SHIFT, 0)
         prefetch2(fi64, e >> PTE_SHIFT, 0)
+
+
+@inlined
+def prefetch_neighbours(
+    memo: np.ndarray, tables: np.ndarray, fi32: np.ndarray, vpn: int, leaf_shift: int,
+    last_shift: int, last_mask: int,
+) -> None:  # fmt: skip
+    """A cache hint for a coming access to ``vpn`` under LRU, which changes no state: the
+    metadata rows of the frames before and after its frame in the replacement list, which
+    the access will relink (:func:`list_remove`). Asked for after the frame's own rows
+    (:func:`prefetch_ahead`), whose links it reads; the list may change before the access
+    comes, and then the hint is wasted, not wrong."""
+    prefix = vpn >> leaf_shift
+    slot = prefix & (MEMO_SLOTS - 1)
+    if memo[slot, MEMO_PREFIX] != prefix:
+        return
+    e = tables[memo[slot, MEMO_LEAF], (vpn >> last_shift) & last_mask]
+    if e & PTE_PRESENT:
+        f = e >> PTE_SHIFT
+        before, after = fi32[f, F_PREV], fi32[f, F_NEXT]
+        if before >= 0:
+            prefetch2(fi32, before, 0)
+        if after >= 0:
+            prefetch2(fi32, after, 0)
 
 
 @kernel
@@ -1106,8 +1131,9 @@ def run_batch(
         memo[:, MEMO_PREFIX] = -1
     leaf_shift = shifts[levels - 2]
     # Prefetching ahead: the accesses to come are known, so while access i runs, the CPU
-    # is asked for the leaf entry of access i + PREFETCH_AHEAD and for the frame's rows of
-    # access i + PREFETCH_AHEAD / 2 (whose entry it was asked for before), where the
+    # is asked for the leaf entry of access i + PREFETCH_AHEAD, for the frame's rows of
+    # access i + PREFETCH_AHEAD / 2 (whose entry it was asked for before) and, under LRU,
+    # for the rows of that frame's list neighbours at i + PREFETCH_AHEAD / 4, where the
     # access's own loads would meet their cache misses one after another. Through the
     # path memo: only the leaf tables the batch has walked to. Not for the hypervisor's
     # pass (no TLB), which prefetches its data pages before it runs.
@@ -1121,6 +1147,9 @@ def run_batch(
             if i + (ahead >> 1) < end:
                 prefetch_ahead(memo, tables, fi32, fi64, vpns[i + (ahead >> 1)], leaf_shift,
                                last_shift, last_mask, True)  # fmt: skip
+            if is_lru and i + (ahead >> 2) < end:
+                prefetch_neighbours(memo, tables, fi32, vpns[i + (ahead >> 2)], leaf_shift,
+                                    last_shift, last_mask)  # fmt: skip
         if recording and rec_n + levels + 1 > record.shape[0]:
             stop, reason = i, STOP_RECORD_FULL
             break
