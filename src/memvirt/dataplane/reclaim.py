@@ -47,6 +47,9 @@ from .layout import (
     K_LOCAL,
     L_HEAD,
     L_SIZE,
+    MEMO_LEAF,
+    MEMO_PREFIX,
+    MEMO_SLOTS,
     P_ALIVE,
     P_COMPRESSED,
     P_RESIDENT,
@@ -533,18 +536,43 @@ def sync_changed(m: Machine, pid: int, content: np.ndarray, changed: np.ndarray)
     return n
 
 
+@inlined
+def known_leaf_entry(m: Machine, pid: int, page: int, leaf_shift: int) -> tuple[int, int]:
+    """:func:`leaf_entry`, by way of the leaf tables noted in the path memo's columns
+    (``m.memo``: MEMO_PREFIX, MEMO_LEAF), which it fills: the pages of one VM lie under a
+    few leaf tables, and the walk down to each is then made once, not once a page."""
+    levels = m.cfg[K_LEVELS]
+    idx = (page >> m.shifts[levels - 1]) & m.masks[levels - 1]
+    prefix = page >> leaf_shift
+    slot = prefix & (MEMO_SLOTS - 1)
+    if m.memo[slot, MEMO_PREFIX] == prefix:
+        return m.memo[slot, MEMO_LEAF], idx
+    t, huge_idx = leaf_table(m, pid, page)
+    if t < 0 or huge_idx >= 0:  # unmapped above the leaf level, or a huge page's entry
+        return t, huge_idx
+    m.memo[slot, MEMO_PREFIX] = prefix
+    m.memo[slot, MEMO_LEAF] = t
+    return t, idx
+
+
 @kernel
 def prefetch_pages(m: Machine, pid: int, pages: np.ndarray) -> None:
     """Bring the host's last-level entries of ``pages``, then their frames' metadata, into
-    the cache: a hint for the host pass that follows, which changes nothing. Its loads do
-    not wait for one another, so their cache misses overlap, where the pass's walks would
-    meet them one at a time."""
+    the cache: a hint for the host pass that follows, which changes nothing it reads. Its
+    loads do not wait for one another, so their cache misses overlap, where the pass's
+    walks would meet them one at a time.
+
+    It notes each leaf table it finds in the path memo's columns (run_batch clears them
+    when it starts, so they serve here as scratch): the walk down to a leaf table is made
+    once a call, not twice a page."""
+    leaf_shift = m.shifts[m.cfg[K_LEVELS] - 2]
+    m.memo[:, MEMO_PREFIX] = -1
     for k in range(pages.shape[0]):
-        t, idx = leaf_entry(m, pid, pages[k])
+        t, idx = known_leaf_entry(m, pid, pages[k], leaf_shift)
         if t >= 0:
             prefetch2(m.tables, t, idx)
     for k in range(pages.shape[0]):
-        t, idx = leaf_entry(m, pid, pages[k])
+        t, idx = known_leaf_entry(m, pid, pages[k], leaf_shift)
         if t >= 0:
             e = m.tables[t, idx]
             if e & PTE_PRESENT:
