@@ -11,10 +11,13 @@ another VM's host pass, and the rate is lower.
 It also prints the accesses a turn took on average (a guest's quantum, then its
 host pass: ``--set run.quantum_accesses=N`` sets how many) and, for each VM of
 the last run, its accesses, guest faults and host swap-ins, so that settings
-can be compared by what they simulate as well as by their speed.
+can be compared by what they simulate as well as by their speed. With
+``--compare-threads`` each run is followed by the same run in one thread, so that
+what the second core buys is measured side by side in one process (on a shared
+machine, separate processes alternated vary far more).
 
     python benchmarks/bench_vms.py [--accesses N] [--repeat R] [--paging nested|shadow]
-                                   [--parts] [--set KEY=VALUE ...]
+                                   [--parts | --compare-threads] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from memvirt.dataplane import native
 from memvirt.engine import precompile
 from memvirt.engine.scenario import build
 from memvirt.engine.virtual import VM, VirtualizedMachine, Walked
+from memvirt.workloads.ahead import one_thread
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "two-level-nested.toml"
@@ -107,6 +111,12 @@ def main() -> None:
         help="time each part of the runs (in one thread: see VirtualizedMachine.threads)",
     )
     ap.add_argument(
+        "--compare-threads",
+        action="store_true",
+        help="after each run, run again in one thread (no second core: see "
+        "memvirt.workloads.ahead.one_thread), and print both medians and their ratio",
+    )
+    ap.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -116,6 +126,8 @@ def main() -> None:
         "(run.quantum_accesses=40000)",
     )
     args = ap.parse_args()
+    if args.parts and args.compare_threads:
+        ap.error("--parts runs in one thread: it cannot be given with --compare-threads")
     settings = [
         f"run.accesses={args.accesses}",
         "run.seconds=1000",
@@ -134,6 +146,7 @@ def main() -> None:
     assert isinstance(warm, VirtualizedMachine)
     precompile.compile_all(warm)
     rates = []
+    one_rates: list[float] = []
     turns: list[int] = []
     parts: list[list[float]] = []
     for _ in range(args.repeat):
@@ -148,6 +161,12 @@ def main() -> None:
         seconds = time.perf_counter() - start
         rates.append(machine.total_accesses / seconds)
         turns.append(machine.total_accesses // max(1, passes[0]))
+        if args.compare_threads:  # the same run in one thread, right after: side by side
+            with one_thread():
+                alone = build(scenario)
+                start = time.perf_counter()
+                alone.run(accesses=args.accesses)
+                one_rates.append(alone.total_accesses / (time.perf_counter() - start))
         if args.parts:
             parts.append([1e9 * p / machine.total_accesses for p in split(spent, seconds)])
     native.run_batch = RUN_BATCH
@@ -156,6 +175,12 @@ def main() -> None:
     print(f"{args.paging} paging, {args.accesses:,} accesses, 2 VMs, overcommit 1.5x")
     print(f"accesses/s (median of {args.repeat}): {statistics.median(rates) / 1e6:.2f} M"
           f"  runs: {' '.join(f'{r / 1e6:.2f}' for r in rates)}")  # fmt: skip
+    if one_rates:
+        pairs = statistics.median(a / b for a, b in zip(rates, one_rates, strict=True))
+        print(f"in one thread (median of {args.repeat}): "
+              f"{statistics.median(one_rates) / 1e6:.2f} M  runs: "
+              f"{' '.join(f'{r / 1e6:.2f}' for r in one_rates)}; pairs (default / one "
+              f"thread) {pairs:.3f}")  # fmt: skip
     print(f"host faults {host['faults']:,}, host swap-outs {host['writebacks']:,}; "
           f"{statistics.median(turns):,} accesses a turn on average")  # fmt: skip
     for vm in machine.summary(simulated)["vms"]:  # the last run's, to compare settings by
