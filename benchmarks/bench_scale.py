@@ -145,7 +145,8 @@ def state_bytes(machine: NativeMachine | VirtualizedMachine) -> tuple[int, int, 
         pages = machine.kernel.config.frames
     for kernel in kernels:
         state = kernel.machine
-        total += sum(a.nbytes for a in state)
+        # (fi32 is a view of fi64's memory: each frame's one row, counted once)
+        total += sum(a.nbytes for a in state if a.base is None or a.base is not state.fi64)
         swap += sum(getattr(state, name).nbytes for name in SWAP_FIELDS)
     return total, swap, pages
 

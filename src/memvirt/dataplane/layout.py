@@ -1,8 +1,9 @@
 """Where each field of the simulated machine lives in the data plane's arrays.
 
 The data plane keeps state in arrays, not one Python object per page:
-``fi32[pfn, FIELD]`` and ``fi64[pfn, FIELD]`` for frames (a frame's fields
-side by side, so that one access touches few cache lines),
+``fi32[pfn, FIELD]`` and ``fi64[pfn, FIELD]`` for frames (two views of one
+array of 40-byte rows: a frame's fields side by side, so that one access
+touches one or two cache lines, not a line in each of two arrays),
 ``proc[pid, FIELD]`` for processes, ``pctr[pid, COUNTER]`` for per-process
 counters, ``st[FIELD]`` for scalars and ``cfg[FIELD]`` for the configuration.
 The numba kernels read these module-level integers as compile-time constants.
@@ -46,10 +47,13 @@ FR_TABLE = 8  # the frame holds a page-table page
 FR_HUGE = 16  # part of a huge page (from the huge-page pool)
 
 # --- frame fields: int64 -----------------------------------------------------
-G_VPN = 0  # back-pointer: the vpn held, or the table index for a table frame
-G_TOKEN = 1  # content token of the page (a 64-bit pattern)
-G_NEXT_USE = 2  # for opt only: index of this page's next access, or NEVER
-N_FI64 = 2  # rows without opt; opt adds the G_NEXT_USE row
+# A frame's row is N_FI64 int64 columns (40 bytes; 48 with opt's G_NEXT_USE); ``fi32`` is
+# the same memory as int32 (memvirt.memory.frames.FramePool), whose first N_FI32 columns
+# (the first three int64 columns, 24 bytes) are the int32 fields above
+G_VPN = 3  # back-pointer: the vpn held, or the table index for a table frame
+G_TOKEN = 4  # content token of the page (a 64-bit pattern)
+G_NEXT_USE = 5  # for opt only: index of this page's next access, or NEVER
+N_FI64 = 5  # int64 columns of a row without opt (the int32 fields', then two); opt adds one
 RMAP_SHIFT = 12
 MAX_TABLE_PAGES = 1 << (31 - RMAP_SHIFT)  # table pages a reverse map can name
 

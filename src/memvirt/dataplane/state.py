@@ -20,8 +20,8 @@ class Machine(NamedTuple):
     masks: np.ndarray  # int64[levels] index mask of each level
     st: np.ndarray  # int64[N_STATE] scalars
     pctr: np.ndarray  # int64[procs, N_PCTR] per-process counters
-    fi32: np.ndarray  # int32[frames, N_FI32] frame metadata
-    fi64: np.ndarray  # int64[frames, N_FI64] back-pointers, tokens, reverse maps
+    fi32: np.ndarray  # int32[frames, 2 * N_FI64] frame metadata: fi64's rows, as int32
+    fi64: np.ndarray  # int64[frames, N_FI64] each frame's row: back-pointers, tokens
     tables: np.ndarray  # int64[table pages, entries] the page-table pages
     table_frame: np.ndarray  # int32[table pages] frame holding each table page
     table_free: np.ndarray  # int32[table pages] freed table indices

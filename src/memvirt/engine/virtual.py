@@ -65,6 +65,8 @@ import numpy as np
 from memvirt.config import Scenario, ScenarioError, VMConfig
 from memvirt.dataplane import native, reclaim
 from memvirt.dataplane.layout import (
+    F_FLAGS,
+    F_OWNER,
     FR_DIRTY,
     FR_TABLE,
     K_RECORD,
@@ -581,7 +583,7 @@ class VirtualizedMachine:
             fi32 = vm.guest.frames.fi32
             # the owner of each real page; page-table pages (the balloon driver's root
             # table among them) stand apart: they are backed like any page in use
-            owners[k, : vm.real_pages] = np.where(fi32[:, 4] & FR_TABLE, -3, fi32[:, 0])
+            owners[k, : vm.real_pages] = np.where(fi32[:, F_FLAGS] & FR_TABLE, -3, fi32[:, F_OWNER])
         vm_pids = np.array([vm.host_pid for vm in self.vms], dtype=np.int64)
         balloons = np.array([vm.balloon_pid for vm in self.vms], dtype=np.int64)
         refs = np.zeros(host.config.frames, dtype=np.int64)

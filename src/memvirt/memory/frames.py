@@ -1,7 +1,8 @@
 """Physical memory: a pool of frames with a free list and per-frame metadata.
 
-A frame is one page of physical memory. Its metadata lives in two arrays
-(struct of arrays, see :mod:`memvirt.dataplane.layout`): the owner (a pid,
+A frame is one page of physical memory. Its metadata lives in one row of 40
+bytes, seen as int32 and as int64 columns (see :mod:`memvirt.dataplane.layout`),
+so that an access to a frame reads one row: the owner (a pid,
 or -1 when free), the back-pointer to the page it holds (the virtual page
 number, or the table index of a page-table page), the referenced, dirty and
 pinned bits, the replacement-list links, the swap slot that holds a current
@@ -63,9 +64,13 @@ class FramePool:
             raise ValueError(
                 f"{self.huge_pages} huge pages need {huge_frames} frames, memory has {self.nframes}"
             )
-        self.fi32 = np.full((self.nframes, N_FI32), -1, dtype=np.int32)
-        self.fi32[:, F_FLAGS] = 0
+        # one row of 40 bytes a frame (48 with opt's next-use column), seen as int64 columns
+        # (fi64) and as int32 columns (fi32, whose first N_FI32 are the int32 fields): an
+        # access reads one row, not a row in each of two arrays (docs/benchmarks.md)
         self.fi64 = np.zeros((self.nframes, N_FI64 + int(self.keep_next_use)), dtype=np.int64)
+        self.fi32 = self.fi64.view(np.int32)
+        self.fi32[:, :N_FI32] = -1
+        self.fi32[:, F_FLAGS] = 0
         self.fi64[:, G_VPN] = -1
         # huge pages: aligned blocks at the top of memory
         top = self.nframes - self.nframes % self.huge_span if huge_frames else self.nframes
