@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 import memvirt.kernel.kernel as kernel_module
-from memvirt.dataplane.layout import S_TABLE_NEXT
+from memvirt.dataplane.layout import (
+    F_FLAGS,
+    F_OWNER,
+    F_RMAP,
+    G_TOKEN,
+    G_VPN,
+    N_FI32,
+    S_TABLE_NEXT,
+)
+from memvirt.dataplane.state import copy_machine
 from memvirt.kernel.kernel import (
     AdmissionError,
     Kernel,
@@ -15,6 +24,7 @@ from memvirt.kernel.kernel import (
     Region,
     describe_pte,
 )
+from memvirt.memory.frames import FramePool
 from memvirt.mmu.tlb import TLBConfig, TLBLevel
 from memvirt.units import GiB, KiB, MiB, PageGeometry
 
@@ -393,3 +403,22 @@ def test_the_table_pool_never_grows_past_what_a_reverse_map_names(
     with pytest.raises(KernelError, match="more than 12 table pages"):
         kernel._ensure_tables(1)
     assert kernel.tables.shape[0] == 12
+
+
+def test_a_frames_int32_and_int64_fields_share_one_row_and_a_copy_keeps_it_so() -> None:
+    pool = FramePool(8)
+    assert pool.fi32.base is pool.fi64 and pool.fi64.strides[0] == 40  # 40 bytes a frame
+    before = pool.fi32[3, :N_FI32].copy()
+    pool.fi64[3, G_TOKEN] = -1  # every bit set: no int32 field may see it
+    pool.fi64[3, G_VPN] = 12345
+    assert np.array_equal(pool.fi32[3, :N_FI32], before)
+    pool.fi32[3, F_RMAP] = 7
+    pool.fi32[3, F_FLAGS] = 2
+    assert pool.fi64[3, G_TOKEN] == -1 and pool.fi64[3, G_VPN] == 12345
+    assert pool.owner(3) == -1 and pool.fi32[4, F_OWNER] == -1  # (other frames untouched)
+
+    machine = Kernel(KernelConfig(frames=64)).machine
+    twin = copy_machine(machine)
+    assert twin.fi32.base is twin.fi64 and not np.shares_memory(twin.fi64, machine.fi64)
+    twin.fi64[5, G_TOKEN] = 99
+    assert machine.fi64[5, G_TOKEN] != 99

@@ -27,7 +27,7 @@ from memvirt.config import scenario_from_dict
 from memvirt.dataplane import reclaim
 from memvirt.dataplane import sharing as sd
 from memvirt.dataplane.layout import F_FLAGS, FR_PINNED, FR_TABLE, G_TOKEN
-from memvirt.dataplane.state import Machine
+from memvirt.dataplane.state import Machine, copy_machine
 from memvirt.engine.scenario import build, run
 from memvirt.engine.virtual import VirtualizedMachine
 
@@ -39,7 +39,7 @@ class OldSharing:
 
     def __init__(self, machine: VirtualizedMachine) -> None:
         reclaimer = machine.reclaimer
-        self.host = Machine(*(a.copy() for a in machine.host.machine))
+        self.host = copy_machine(machine.host.machine)
         self.guests = [vm.guest.frames for vm in machine.vms]  # read only, as the scan does
         self.pids = [vm.host_pid for vm in machine.vms]
         self.spid = machine.hypervisor_pid

@@ -42,3 +42,11 @@ class Machine(NamedTuple):
     watch_log: np.ndarray  # int64[cap] frames noted (K_COW), S_COW_N of them
     changed: np.ndarray  # int64[words] bit f % 64 of word f // 64: f changed content (K_SYNC)
     memo: np.ndarray  # int64[MEMO_SLOTS, MEMO_COLS]: walks a batch made (layout.MEMO_*)
+
+
+def copy_machine(m: Machine) -> Machine:
+    """A copy of every array of ``m``, in which ``fi32`` is again a view of ``fi64``'s
+    memory, as in a machine built (copied one by one, the two would drift apart)."""
+    arrays = {name: a.copy() for name, a in zip(Machine._fields, m, strict=True)}
+    arrays["fi32"] = arrays["fi64"].view(np.int32)
+    return Machine(**arrays)
