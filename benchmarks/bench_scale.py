@@ -146,7 +146,7 @@ def state_bytes(machine: NativeMachine | VirtualizedMachine) -> tuple[int, int, 
     for kernel in kernels:
         state = kernel.machine
         # (fi32 is a view of fi64's memory: each frame's one row, counted once)
-        total += sum(a.nbytes for a in state if a.base is None or a.base is not state.fi64)
+        total += sum(a.nbytes for a in state if a is not state.fi32)
         swap += sum(getattr(state, name).nbytes for name in SWAP_FIELDS)
     return total, swap, pages
 

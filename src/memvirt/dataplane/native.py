@@ -1011,6 +1011,20 @@ PREFETCH_AHEAD = 16
 
 
 @inlined
+def memo_leaf(
+    memo: np.ndarray, vpn: int, leaf_shift: int, last_shift: int, last_mask: int
+) -> tuple[int, int]:
+    """Where ``vpn``'s last-level entry is, ``(leaf table, index)``, when the path memo
+    (columns MEMO_PREFIX and MEMO_LEAF) knows the leaf table of its prefix; else
+    ``(-1, -1)``."""
+    prefix = vpn >> leaf_shift
+    slot = prefix & (MEMO_SLOTS - 1)
+    if memo[slot, MEMO_PREFIX] != prefix:
+        return -1, -1
+    return memo[slot, MEMO_LEAF], (vpn >> last_shift) & last_mask
+
+
+@inlined
 def prefetch_ahead(
     memo: np.ndarray, tables: np.ndarray, fi32: np.ndarray, fi64: np.ndarray, vpn: int,
     leaf_shift: int, last_shift: int, last_mask: int, rows: bool,
@@ -1018,12 +1032,9 @@ def prefetch_ahead(
     """A cache hint for a coming access to ``vpn``, which changes no state: when the batch
     has walked to ``vpn``'s leaf table (the path memo knows its prefix), the leaf entry, or
     with ``rows`` (the entry asked for some accesses earlier) the frame's metadata rows."""
-    prefix = vpn >> leaf_shift
-    slot = prefix & (MEMO_SLOTS - 1)
-    if memo[slot, MEMO_PREFIX] != prefix:
+    t, idx = memo_leaf(memo, vpn, leaf_shift, last_shift, last_mask)
+    if t < 0:
         return
-    t = memo[slot, MEMO_LEAF]
-    idx = (vpn >> last_shift) & last_mask
     if not rows:
         prefetch2(tables, t, idx)
         return
@@ -1043,11 +1054,10 @@ def prefetch_neighbours(
     the access will relink (:func:`list_remove`). Asked for after the frame's own rows
     (:func:`prefetch_ahead`), whose links it reads; the list may change before the access
     comes, and then the hint is wasted, not wrong."""
-    prefix = vpn >> leaf_shift
-    slot = prefix & (MEMO_SLOTS - 1)
-    if memo[slot, MEMO_PREFIX] != prefix:
+    t, idx = memo_leaf(memo, vpn, leaf_shift, last_shift, last_mask)
+    if t < 0:
         return
-    e = tables[memo[slot, MEMO_LEAF], (vpn >> last_shift) & last_mask]
+    e = tables[t, idx]
     if e & PTE_PRESENT:
         f = e >> PTE_SHIFT
         before, after = fi32[f, F_PREV], fi32[f, F_NEXT]

@@ -85,6 +85,7 @@ from .native import (
     list_append,
     list_id,
     list_remove,
+    memo_leaf,
     next_bit,
     rng_next,
     set_bit,
@@ -542,17 +543,17 @@ def known_leaf_entry(m: Machine, pid: int, page: int, leaf_shift: int) -> tuple[
     (``m.memo``: MEMO_PREFIX, MEMO_LEAF), which it fills: the pages of one VM lie under a
     few leaf tables, and the walk down to each is then made once, not once a page."""
     levels = m.cfg[K_LEVELS]
-    idx = (page >> m.shifts[levels - 1]) & m.masks[levels - 1]
-    prefix = page >> leaf_shift
-    slot = prefix & (MEMO_SLOTS - 1)
-    if m.memo[slot, MEMO_PREFIX] == prefix:
-        return m.memo[slot, MEMO_LEAF], idx
+    shift, mask = m.shifts[levels - 1], m.masks[levels - 1]
+    t, idx = memo_leaf(m.memo, page, leaf_shift, shift, mask)
+    if t >= 0:
+        return t, idx
     t, huge_idx = leaf_table(m, pid, page)
     if t < 0 or huge_idx >= 0:  # unmapped above the leaf level, or a huge page's entry
         return t, huge_idx
-    m.memo[slot, MEMO_PREFIX] = prefix
+    slot = (page >> leaf_shift) & (MEMO_SLOTS - 1)
+    m.memo[slot, MEMO_PREFIX] = page >> leaf_shift
     m.memo[slot, MEMO_LEAF] = t
-    return t, idx
+    return t, (page >> shift) & mask
 
 
 @kernel
