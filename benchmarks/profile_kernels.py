@@ -44,7 +44,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from memvirt.files import atomic_json, atomic_write
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "two-level-nested.toml"
@@ -58,13 +60,16 @@ def run(out: Path, accesses: int, repeat: int, settings: list[str]) -> None:
     os.environ["NUMBA_ENABLE_PROFILING"] = "1"
     os.environ["MEMVIRT_ONE_THREAD"] = "1"
     os.environ["MEMVIRT_NO_PRECOMPILE"] = "1"  # no second process filling that cache
-    from memvirt.config import load_scenario
+    from memvirt.config import ScenarioError, load_scenario
     from memvirt.engine import precompile
     from memvirt.engine.scenario import build
     from memvirt.engine.virtual import VirtualizedMachine
 
-    scenario = load_scenario(EXAMPLE, [f"run.accesses={accesses}", "run.seconds=1000",
-                                       *settings])  # fmt: skip
+    try:
+        scenario = load_scenario(EXAMPLE, [f"run.accesses={accesses}", "run.seconds=1000",
+                                           *settings])  # fmt: skip
+    except ScenarioError as err:
+        fail(str(err))
     warm = build(scenario)
     warm.run(accesses=min(accesses, 1_000_000))
     assert isinstance(warm, VirtualizedMachine)
@@ -92,9 +97,9 @@ def dump(out: Path) -> None:
             except RuntimeError:  # loaded from a cache: no object code kept
                 continue
             name = f"{dispatcher.py_func.__name__}.{number}.{variant}"
-            (out / f"{name}.o").write_bytes(code)
+            atomic_write(out / f"{name}.o", code)
             kernels.append([name, symbol, entry])
-    (out / "kernels.json").write_text(json.dumps(kernels))
+    atomic_json(out / "kernels.json", kernels)  # (last: it names the objects written)
     print(f"{len(kernels)} kernels written to {out}")
 
 
@@ -115,7 +120,11 @@ def report(out: Path, ips_file: Path, top: int) -> None:
             spans.append((entry - offset, entry - offset + size, name, obj))
     spans.sort()
     starts = [s[0] for s in spans]
-    samples = collections.Counter(int(line, 16) for line in ips_file.read_text().split())
+    try:
+        samples = collections.Counter(int(word, 16) for word in ips_file.read_text().split())
+    except ValueError:
+        wrong = f"{ips_file}: not what perf script -F ip writes (an address a line)"
+        raise ValueError(wrong) from None
     total = sum(samples.values())
     per_kernel: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
     for ip, n in samples.items():
@@ -168,8 +177,14 @@ def main() -> None:
     else:
         try:
             report(args.out, args.ips, args.top)
-        except FileNotFoundError as err:
-            sys.exit(f"profile_kernels.py: {err}")
+        except (OSError, ValueError, KeyError, subprocess.CalledProcessError) as err:
+            fail(str(err))
+
+
+def fail(message: str) -> NoReturn:
+    """End with ``message`` and exit status 2 (bad input), without a traceback."""
+    print(f"profile_kernels.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":
