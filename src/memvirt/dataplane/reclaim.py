@@ -87,6 +87,7 @@ from .native import (
     list_remove,
     memo_leaf,
     next_bit,
+    prefetch_row,
     rng_next,
     set_bit,
     set_token,
@@ -578,8 +579,7 @@ def prefetch_pages(m: Machine, pid: int, pages: np.ndarray) -> None:
             e = m.tables[t, idx]
             if e & PTE_PRESENT:
                 f = entry_frame(m, e, pages[k])
-                prefetch2(m.fi32, f, 0)
-                prefetch2(m.fi64, f, 0)
+                prefetch_row(m.fi32, m.fi64, f)
 
 
 @kernel
