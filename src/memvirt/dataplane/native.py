@@ -1025,6 +1025,21 @@ def memo_leaf(
 
 
 @inlined
+def memo_frame(
+    memo: np.ndarray, tables: np.ndarray, vpn: int, leaf_shift: int, last_shift: int,
+    last_mask: int,
+) -> int:  # fmt: skip
+    """The frame that ``vpn``'s last-level entry maps, when the path memo knows its leaf
+    table (:func:`memo_leaf`) and the entry is present; else -1. For cache hints only: of a
+    huge page it gives the base frame."""
+    t, idx = memo_leaf(memo, vpn, leaf_shift, last_shift, last_mask)
+    if t < 0:
+        return -1
+    e = tables[t, idx]
+    return e >> PTE_SHIFT if e & PTE_PRESENT else -1
+
+
+@inlined
 def prefetch_row(fi32: np.ndarray, fi64: np.ndarray, f: int) -> None:
     """A cache hint for frame ``f``'s metadata row: its first and its last bytes. A row is
     40 bytes (48 under opt) and rows lie end to end, so half of them cross a 64-byte line:
@@ -1042,15 +1057,14 @@ def prefetch_ahead(
     """A cache hint for a coming access to ``vpn``, which changes no state: when the batch
     has walked to ``vpn``'s leaf table (the path memo knows its prefix), the leaf entry, or
     with ``rows`` (the entry asked for some accesses earlier) the frame's metadata rows."""
-    t, idx = memo_leaf(memo, vpn, leaf_shift, last_shift, last_mask)
-    if t < 0:
-        return
     if not rows:
-        prefetch2(tables, t, idx)
+        t, idx = memo_leaf(memo, vpn, leaf_shift, last_shift, last_mask)
+        if t >= 0:
+            prefetch2(tables, t, idx)
         return
-    e = tables[t, idx]
-    if e & PTE_PRESENT:
-        prefetch_row(fi32, fi64, e >> PTE_SHIFT)
+    f = memo_frame(memo, tables, vpn, leaf_shift, last_shift, last_mask)
+    if f >= 0:
+        prefetch_row(fi32, fi64, f)
 
 
 @inlined
@@ -1063,17 +1077,14 @@ def prefetch_neighbours(
     the access will relink (:func:`list_remove`). Asked for after the frame's own rows
     (:func:`prefetch_ahead`), whose links it reads; the list may change before the access
     comes, and then the hint is wasted, not wrong."""
-    t, idx = memo_leaf(memo, vpn, leaf_shift, last_shift, last_mask)
-    if t < 0:
+    f = memo_frame(memo, tables, vpn, leaf_shift, last_shift, last_mask)
+    if f < 0:
         return
-    e = tables[t, idx]
-    if e & PTE_PRESENT:
-        f = e >> PTE_SHIFT
-        before, after = fi32[f, F_PREV], fi32[f, F_NEXT]
-        if before >= 0:  # (the link each one's row has rewritten, wherever its line is)
-            prefetch2(fi32, before, F_NEXT)
-        if after >= 0:
-            prefetch2(fi32, after, F_PREV)
+    before, after = fi32[f, F_PREV], fi32[f, F_NEXT]
+    if before >= 0:  # (the link each one's row has rewritten, wherever its line is)
+        prefetch2(fi32, before, F_NEXT)
+    if after >= 0:
+        prefetch2(fi32, after, F_PREV)
 
 
 @kernel
